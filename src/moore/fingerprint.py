@@ -1,0 +1,69 @@
+"""A fingerprint of a base model's weights, so an adapter refuses a base model it was not made for.
+
+For every parameter: its name, its shape and a fixed, evenly spaced sample of its values, kept in
+the parameter's own dtype. Two copies of the same model match exactly; the same model loaded in
+another precision (fp32 vs bf16) matches after rounding both samples to the coarser dtype; any
+other model differs in names, shapes or values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import nn
+
+SAMPLES_PER_TENSOR = 256
+
+
+def model_fingerprint(model: nn.Module, exclude_prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    fingerprint = {}
+    for name, param in model.named_parameters():
+        if any(name == p or name.startswith(p + ".") for p in exclude_prefixes):
+            continue
+        flat = param.detach().reshape(-1)
+        count = min(flat.numel(), SAMPLES_PER_TENSOR)
+        index = torch.linspace(0, flat.numel() - 1, count, device=flat.device).round().long()
+        sample = flat[index].cpu().clone()
+        fingerprint[name] = sample
+        fingerprint[name + "::shape"] = torch.tensor(list(param.shape), dtype=torch.int64)
+    return fingerprint
+
+
+def fingerprint_digest(fingerprint: dict[str, torch.Tensor]) -> str:
+    """A short, dtype-independent digest for display (the comparison itself uses the samples)."""
+    h = hashlib.sha256()
+    for name in sorted(fingerprint):
+        value = fingerprint[name]
+        if not name.endswith("::shape"):
+            value = value.to(torch.bfloat16).float()
+        h.update(name.encode())
+        h.update(value.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def fingerprint_mismatches(saved: dict[str, torch.Tensor], current: dict[str, torch.Tensor]) -> list[str]:
+    """Human-readable differences between two fingerprints (empty when they match)."""
+    problems = []
+    missing = sorted(k for k in saved if k not in current and not k.endswith("::shape"))
+    extra = sorted(k for k in current if k not in saved and not k.endswith("::shape"))
+    if missing:
+        problems.append(f"{len(missing)} parameters missing from the base model, e.g. {missing[:3]}")
+    if extra:
+        problems.append(f"{len(extra)} parameters the adapter's base model did not have, e.g. {extra[:3]}")
+    for name in sorted(saved):
+        if name.endswith("::shape") or name not in current:
+            continue
+        if not torch.equal(saved[name + "::shape"], current[name + "::shape"]):
+            problems.append(
+                f"{name}: shape {tuple(current[name + '::shape'].tolist())}, "
+                f"expected {tuple(saved[name + '::shape'].tolist())}"
+            )
+            continue
+        a, b = saved[name], current[name]
+        coarse = a.dtype if torch.finfo(a.dtype).eps >= torch.finfo(b.dtype).eps else b.dtype
+        a, b = a.to(coarse).float(), b.to(coarse).float()
+        # one unit in the last place of the coarser dtype absorbs double rounding (fp16 -> bf16)
+        if not torch.allclose(a, b, rtol=2 * torch.finfo(coarse).eps, atol=1e-30):
+            problems.append(f"{name}: values differ")
+    return problems

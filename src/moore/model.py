@@ -1,0 +1,332 @@
+"""The model wrapper: injection, task routing, save/load, merging.
+
+``get_moore_model(model, config)`` replaces the targeted linear layers of any transformers model
+by the config's adapter layers (MoORE by default), freezes everything else, and returns a
+``MooreModel`` that takes ``task_ids`` in ``forward`` and ``generate``. It mirrors PEFT's
+``PeftModel`` where it can: ``save_pretrained``/``from_pretrained``,
+``print_trainable_parameters``, attribute access that falls through to the base model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import __version__
+from .config import AdapterConfig
+from .fingerprint import fingerprint_digest, fingerprint_mismatches, model_fingerprint
+from .layers.base import AdapterLayer, is_linear
+from .routing import TaskRouting, route_checkpointed_modules
+from .svd import default_cache_dir
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+FINGERPRINT_NAME = "base_fingerprint.safetensors"
+
+HEAD_NAMES = ("lm_head", "classifier", "score", "qa_outputs")  # skipped by "all-linear"
+_FOLD_ONLY = object()  # merge() without a task id
+_NOT_MERGED = object()
+_DEFAULT = object()
+
+
+# --- choosing the layers -------------------------------------------------------------------------
+def _matches(name: str, patterns: list[str] | str) -> bool:
+    if isinstance(patterns, str):
+        return re.fullmatch(patterns, name) is not None
+    return any(name == p or name.endswith("." + p) for p in patterns)
+
+
+def _head_names(model: nn.Module) -> list[str]:
+    heads = []
+    get_output = getattr(model, "get_output_embeddings", None)
+    output = get_output() if callable(get_output) else None
+    for name, module in model.named_modules():
+        if (output is not None and module is output) or name.split(".")[-1] in HEAD_NAMES:
+            heads.append(name)
+    return heads
+
+
+def _under(name: str, prefixes: list[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def find_target_modules(model: nn.Module, config: AdapterConfig) -> list[str]:
+    """Names of the linear layers ``config`` selects, with errors that say why none match."""
+    linear = [name for name, module in model.named_modules() if is_linear(module)]
+    skip = list(config.modules_to_save or [])
+    if config.target_modules == "all-linear":
+        skip += _head_names(model)
+        names = [n for n in linear if not _under(n, skip)]
+    else:
+        matched = [(n, m) for n, m in model.named_modules() if n and _matches(n, config.target_modules)]
+        not_linear = [f"{n} ({type(m).__name__})" for n, m in matched if not is_linear(m)]
+        if not_linear:
+            raise ValueError(
+                f"target_modules={config.target_modules!r} matches modules that are not linear layers: "
+                f"{not_linear[:5]}; name nn.Linear/Conv1D layers (e.g. 'q_proj') instead"
+            )
+        names = [n for n, _ in matched if not _under(n, skip)]
+    if config.exclude_modules:
+        names = [n for n in names if not _matches(n, config.exclude_modules)]
+    if not names:
+        suffixes = sorted({n.split(".")[-1] for n in linear})
+        raise ValueError(
+            f"target_modules={config.target_modules!r} (exclude_modules={config.exclude_modules!r}) matches no "
+            f"linear layer of {type(model).__name__}; its linear layers are named {suffixes}"
+        )
+    return names
+
+
+def resolve_modules_to_save(model: nn.Module, config: AdapterConfig) -> list[str]:
+    names = []
+    for pattern in config.modules_to_save or []:
+        found = [n for n, _ in model.named_modules() if n and _matches(n, [pattern])]
+        if not found:
+            raise ValueError(f"modules_to_save entry {pattern!r} matches no module of {type(model).__name__}")
+        names += found
+    return names
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _batch_size(args: tuple, kwargs: dict) -> int | None:
+    for key in ("input_ids", "inputs_embeds", "pixel_values", "input_values", "input_features"):
+        if torch.is_tensor(kwargs.get(key)):
+            return kwargs[key].shape[0]
+    return next((a.shape[0] for a in args if torch.is_tensor(a) and a.dim() > 0), None)
+
+
+# --- the wrapper ---------------------------------------------------------------------------------
+class MooreModel(nn.Module):
+    """A transformers model with adapter layers in place of its targeted linear layers."""
+
+    def __init__(self, model: nn.Module, config: AdapterConfig, *, svd_cache_dir: Any = _DEFAULT,
+                 _fingerprint: dict[str, torch.Tensor] | None = None):
+        super().__init__()
+        self.model = model
+        self.adapter_config = config
+        self.routing = TaskRouting(config.num_tasks)
+        self.merged_task_id = _NOT_MERGED
+        cache = default_cache_dir() if svd_cache_dir is _DEFAULT else svd_cache_dir
+
+        saved = self._modules_to_save()
+        self.base_fingerprint = _fingerprint or model_fingerprint(model, tuple(saved))
+        self.num_base_parameters = sum(p.numel() for p in model.parameters())
+        targets = find_target_modules(model, config)
+        model.requires_grad_(False)
+
+        self._adapter_layers: dict[str, AdapterLayer] = {}
+        for name in tqdm(targets, desc=f"adapting {len(targets)} layers with {config.method}", leave=False):
+            layer = config.layer_cls.from_base(model.get_submodule(name), config, self.routing, svd_cache_dir=cache)
+            layer.module_name = name
+            _set_submodule(model, name, layer)  # the base layer, and W with it, is released here
+            self._adapter_layers[name] = layer
+        for name in saved:
+            model.get_submodule(name).requires_grad_(True)
+        logger.info("%s: adapted %d layers of %s", config.method, len(targets), type(model).__name__)
+
+    def _modules_to_save(self) -> list[str]:
+        return resolve_modules_to_save(self.model, self.adapter_config)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)
+
+    # --- running ----------------------------------------------------------------------------------
+    def adapter_layers(self) -> Iterator[tuple[str, AdapterLayer]]:
+        yield from self._adapter_layers.items()
+
+    def _route(self, task_ids, args: tuple, kwargs: dict):
+        device = next(self.model.parameters()).device
+        ids = self.routing.validate(task_ids, _batch_size(args, kwargs), device)
+        if self.merged_task_id is not _NOT_MERGED:
+            want = None if ids is None else ids.unique().tolist()
+            have = None if self.merged_task_id is None else [self.merged_task_id]
+            if want != have:
+                raise ValueError(
+                    f"the model is merged for task {self.merged_task_id!r} but was called with task_ids={want}; "
+                    "call unmerge() first, or merge for that task"
+                )
+        if self.training:
+            route_checkpointed_modules(self.model, self.routing)
+        return self.routing.use(ids)
+
+    def forward(self, *args, task_ids=None, **kwargs):
+        """The base model's forward; ``task_ids`` (LongTensor[B], or None for an unseen task) routes each sample."""
+        with self._route(task_ids, args, kwargs):
+            return self.model(*args, **kwargs)
+
+    def generate(self, *args, task_ids=None, **kwargs):
+        """``generate`` with per-sample task ids; they follow the batch through beam expansion."""
+        with self._route(task_ids, args, kwargs):
+            return self.model.generate(*args, **kwargs)
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """Sum of the layers' auxiliary losses from the last forward (e.g. load balancing), or None."""
+        losses = [loss for _, layer in self.adapter_layers() if (loss := layer.auxiliary_loss()) is not None]
+        return torch.stack([loss.float() for loss in losses]).sum() if losses else None
+
+    # --- parameters -------------------------------------------------------------------------------
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, all): all counts the base model as loaded plus the adapter's new parameters."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        added = sum(
+            getattr(layer, pname).numel()
+            for _, layer in self.adapter_layers()
+            for pname in layer.adapter_parameter_names
+            if getattr(layer, pname) is not None
+        )
+        return trainable, self.num_base_parameters + added
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """What save_pretrained writes: each adapter layer's own parameters and the modules_to_save."""
+        state = {}
+        for name, layer in self.adapter_layers():
+            for pname in layer.adapter_parameter_names:
+                value = getattr(layer, pname)
+                if value is not None:
+                    state[f"{name}.{pname}"] = value
+        for name in self._modules_to_save():
+            for pname, value in self.model.get_submodule(name).named_parameters():
+                state[f"{name}.{pname}"] = value
+        return state
+
+    @torch.no_grad()
+    def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        own = self.adapter_state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"adapter weights do not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        for key, target in own.items():
+            if target.shape != state[key].shape:
+                raise ValueError(f"adapter weight {key} has shape {tuple(state[key].shape)}, expected {tuple(target.shape)}")
+            if not torch.isfinite(state[key]).all():
+                raise ValueError(f"adapter weight {key} holds NaN or Inf values")
+            target.copy_(state[key])
+
+    # --- saving and loading -----------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write adapter_config.json, adapter_model.safetensors and base_fingerprint.safetensors."""
+        path = Path(save_directory)
+        path.mkdir(parents=True, exist_ok=True)
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.adapter_state_dict().items()}
+        _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
+        _atomic_write(path / FINGERPRINT_NAME, lambda tmp: save_file(self.base_fingerprint, tmp))
+        base_config = getattr(self.model, "config", None)
+        meta = {
+            "moore_version": __version__,
+            "config": self.adapter_config.to_dict(),
+            "base_model": {
+                "class": type(self.model).__name__,
+                "name_or_path": getattr(base_config, "_name_or_path", None),
+                "num_parameters": self.num_base_parameters,
+                "fingerprint": fingerprint_digest(self.base_fingerprint),
+            },
+            "adapted_modules": list(self._adapter_layers),
+        }
+        # the config goes last: a folder with a config in it is complete
+        _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+
+    @staticmethod
+    def read_metadata(directory: str | os.PathLike) -> dict:
+        path = Path(directory) / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} holds no {CONFIG_NAME}: it is not a saved moore adapter")
+        return json.loads(path.read_text())
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, directory: str | os.PathLike, *, is_trainable: bool = False,
+                        svd_cache_dir: Any = _DEFAULT) -> "MooreModel":
+        """Rebuild a saved adapter on ``model``; refuses a base model whose weights differ."""
+        meta = cls.read_metadata(directory)
+        config = AdapterConfig.from_dict(meta["config"])
+        saved_fingerprint = load_file(str(Path(directory) / FINGERPRINT_NAME))
+        current = model_fingerprint(model, tuple(resolve_modules_to_save(model, config)))
+        problems = fingerprint_mismatches(saved_fingerprint, current)
+        if problems:
+            base = meta.get("base_model", {})
+            raise ValueError(
+                f"{directory} was saved for another base model ({base.get('class')} "
+                f"{base.get('name_or_path')!r}); this {type(model).__name__} differs: " + "; ".join(problems[:5])
+            )
+        wrapper = cls(model, config, svd_cache_dir=svd_cache_dir, _fingerprint=current)
+        wrapper.load_adapter_state_dict(load_file(str(Path(directory) / WEIGHTS_NAME)))
+        if not is_trainable:
+            wrapper.requires_grad_(False)
+            wrapper.eval()
+        return wrapper
+
+    # --- merging for inference --------------------------------------------------------------------
+    def merge(self, task_id: Any = _FOLD_ONLY) -> nn.Module:
+        """Prepare for fast inference.
+
+        ``merge()`` folds what every input shares into the frozen factors (MoORE: H into V) and
+        returns this wrapper. ``merge(task_id=k)`` (``None``: an unseen task) replaces every adapter
+        layer by a plain dense layer equal to it for task k and returns the base model, now a plain
+        transformers model that runs at the base model's cost. ``unmerge()`` undoes either.
+        """
+        if task_id is _FOLD_ONLY:
+            for _, layer in self.adapter_layers():
+                layer.merge()
+            return self
+        if task_id is not None:
+            self.routing.validate(torch.tensor([task_id]), None, None)
+        self.unmerge()
+        dense = {name: layer.to_dense(task_id) for name, layer in self.adapter_layers()}  # all or nothing
+        for name, layer in dense.items():
+            _set_submodule(self.model, name, layer)
+        self.merged_task_id = task_id
+        return self.model
+
+    def unmerge(self) -> "MooreModel":
+        if self.merged_task_id is not _NOT_MERGED:
+            for name, layer in self.adapter_layers():
+                _set_submodule(self.model, name, layer)
+            self.merged_task_id = _NOT_MERGED
+        for _, layer in self.adapter_layers():
+            layer.unmerge()
+        return self
+
+
+def get_moore_model(model: nn.Module, config: AdapterConfig, *, svd_cache_dir: Any = _DEFAULT) -> MooreModel:
+    """Adapt ``model`` with ``config`` (a ``MooreConfig`` or another method's config).
+
+    ``svd_cache_dir``: where SVD factors are cached (default ``$MOORE_SVD_CACHE`` or
+    ``~/.cache/moore/svd``; ``None`` disables the cache).
+    """
+    return MooreModel(model, config, svd_cache_dir=svd_cache_dir)

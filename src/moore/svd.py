@@ -1,0 +1,99 @@
+"""The one-off SVD of a weight matrix, with an on-disk cache keyed by the weight's content.
+
+The SVD runs on the weight's device in float32 or float64 (never bf16/fp16) and the factors are
+returned in the weight's dtype, which is all a MoORE layer keeps. The cache key is a SHA-256 of
+the weight's bytes, shape, dtype and the SVD precision, so a second MoE-ization of the same base
+model (or a reload of a saved adapter) skips the SVD. Cached factors are checked against the weight
+on a random probe before use, so a corrupt file is recomputed rather than trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def default_cache_dir() -> Path | None:
+    """``$MOORE_SVD_CACHE`` (``off`` disables the cache), else ``~/.cache/moore/svd``."""
+    env = os.environ.get("MOORE_SVD_CACHE")
+    if env is not None:
+        return None if env.strip().lower() in ("", "0", "off", "none", "false") else Path(env)
+    return Path.home() / ".cache" / "moore" / "svd"
+
+
+def weight_digest(weight: torch.Tensor, svd_dtype: str) -> str:
+    h = hashlib.sha256(f"{tuple(weight.shape)}|{weight.dtype}|{svd_dtype}|".encode())
+    flat = weight.detach().contiguous().reshape(-1)
+    chunk = 1 << 24  # hash in 16M-element pieces: bounded host memory for weights on an accelerator
+    for start in range(0, flat.numel(), chunk):
+        h.update(flat[start : start + chunk].cpu().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _reconstruction_error(weight: torch.Tensor, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> float:
+    probe = torch.randn(weight.shape[1], 4, dtype=torch.float32, device=weight.device)
+    exact = weight.float() @ probe
+    approx = u.float() @ (s.float()[:, None] * (vh.float() @ probe))
+    return float((exact - approx).norm() / exact.norm().clamp_min(1e-30))
+
+
+def _tolerance(dtype: torch.dtype) -> float:
+    return 1e-4 if dtype in (torch.float32, torch.float64) else 5e-2
+
+
+def compute_svd(weight: torch.Tensor, svd_dtype: str = "float32") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SVD of a (Dout, Din) weight: U (Dout, r), σ (r,), Vᵀ (r, Din), in the weight's dtype.
+
+    r is the numerical rank, min(Dout, Din) for any full-rank weight. Directions with σ ≈ 0 are
+    dropped: their u_d lie outside Range(W), and a router that scaled them up would take the
+    output out of W's column space.
+    """
+    if not torch.isfinite(weight).all():
+        raise ValueError("the weight holds NaN or Inf values; its SVD is undefined")
+    work = _DTYPES[svd_dtype]
+    u, s, vh = torch.linalg.svd(weight.detach().to(work), full_matrices=False)
+    rank = int((s > s[0] * max(weight.shape) * torch.finfo(work).eps).sum()) if s.numel() else 0
+    if rank == 0:
+        raise ValueError("the weight is all zeros: it has no singular directions to adapt")
+    u, s, vh = u[:, :rank], s[:rank], vh[:rank]
+    return u.to(weight.dtype).contiguous(), s.to(weight.dtype).contiguous(), vh.to(weight.dtype).contiguous()
+
+
+def cached_svd(
+    weight: torch.Tensor, svd_dtype: str = "float32", cache_dir: str | Path | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``compute_svd`` through the on-disk cache (no cache when ``cache_dir`` is None)."""
+    if cache_dir is None:
+        return compute_svd(weight, svd_dtype)
+    cache_dir = Path(cache_dir)
+    path = cache_dir / f"{weight_digest(weight, svd_dtype)}.safetensors"
+    if path.exists():
+        try:
+            f = load_file(str(path), device=str(weight.device))
+            u, s, vh = f["u"], f["s"], f["vh"]
+            if _reconstruction_error(weight, u, s, vh) <= _tolerance(weight.dtype):
+                logger.debug("SVD cache hit %s", path.name)
+                return u, s, vh
+            logger.warning("SVD cache entry %s does not reconstruct its weight; recomputing", path)
+        except Exception as err:  # a truncated or foreign file: recompute rather than fail
+            logger.warning("unreadable SVD cache entry %s (%s); recomputing", path, err)
+    u, s, vh = compute_svd(weight, svd_dtype)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
+        os.close(fd)
+        save_file({"u": u.cpu(), "s": s.cpu(), "vh": vh.cpu()}, tmp)
+        os.replace(tmp, path)  # atomic: readers never see a half-written entry
+    except OSError as err:
+        logger.warning("could not write the SVD cache in %s (%s); continuing without it", cache_dir, err)
+    return u, s, vh
