@@ -1,6 +1,8 @@
-"""Micro-benchmark: a MoORE layer against the linear layer it replaces, side by side in one run.
+"""Micro-benchmark: a MoORE layer, and each peer's, against the linear layer it replaces, side by
+side in one run.
 
     python benchmarks/layer_speed.py [--tokens 256] [--dtype float32] [--models llama-3.1-8b smollm2]
+                                     [--methods moore lora hra ...]
 
 For each layer shape it prints the MoORE forward and forward+backward time as a ratio to the base
 ``nn.Linear`` (frozen weight, input that needs a gradient, as inside a network), the forward with
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils import benchmark
 
-from moore import MooreConfig, MooreLinear
+from moore import METHODS, MooreConfig, MooreLinear
 from moore.routing import TaskRouting
 
 SHAPES = {  # (layer, Din, Dout)
@@ -31,6 +33,24 @@ SHAPES = {  # (layer, Din, Dout)
                 ("gate_proj/up_proj", 576, 1536), ("down_proj", 1536, 576)],
 }
 NUM_TASKS = 9
+# Peers at the sizes used in the comparisons: M = 8 experts of rank 8 (MoORE's L = 8 reflections is
+# "comparable to M"), top-2 for MixLoRA, LoRA at the same total rank 64, HRA with 8 reflections.
+PEER_SIZES = {
+    "lora": dict(r=64), "hra": dict(r=8), "loramoe": dict(r=8, num_experts=8),
+    "mixlora": dict(r=8, num_experts=8, top_k=2), "mosld": dict(r=8, num_experts=8),
+    "hydralora": dict(r=8, num_experts=8), "mtl_lora": dict(r=8, num_experts=8), "omoe": dict(r=8, num_experts=8),
+}
+
+
+def peer_layer(method: str, din: int, dout: int, dtype, device) -> nn.Module:
+    config = METHODS[method](num_tasks=NUM_TASKS, **PEER_SIZES[method])
+    base = nn.Linear(din, dout, bias=False, dtype=dtype, device=device).requires_grad_(False)
+    # MixLoRA puts its experts on FFN layers: name the layer as one
+    layer = config.layer_cls.from_base(base, config, TaskRouting(NUM_TASKS), module_name="mlp.up_proj")
+    with torch.no_grad():
+        for name in layer.adapter_parameter_names:
+            getattr(layer, name).add_(torch.randn_like(getattr(layer, name)) * 0.01)
+    return layer
 
 
 def moore_layer(din: int, dout: int, dtype, device, config: MooreConfig) -> MooreLinear:
@@ -89,6 +109,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256, help="tokens per batch (batch 4 × tokens/4)")
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
     parser.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--methods", nargs="*", default=list(PEER_SIZES), choices=list(PEER_SIZES),
+                        help="peers to time beside MoORE")
     parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per measurement")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
@@ -124,10 +146,22 @@ def main() -> None:
                 "merged_forward": merged_fwd / base_fwd,
                 "base_forward_ms": base_fwd * 1e3, "base_forward_backward_ms": base_fb * 1e3,
             }
+            for method in args.methods:
+                peer = peer_layer(method, din, dout, dtype, device)
+                fwd, fb = measure(peer, x, peer.routing, task_ids, args.min_run_time)
+                row[method] = {"forward": fwd / base_fwd, "forward_backward": fb / base_fb}
             rows.append(row)
             print(f"{model_name:13s} {layer_name:18s} {din:6d} {dout:6d} {row['floor']:6.2f} {row['forward']:6.2f} "
                   f"{row['forward_backward']:8.2f} {row['merged_forward']:10.2f}", flush=True)
     print("\nratios are MoORE time / nn.Linear time, measured side by side; floor = r(Din+Dout)/(Din·Dout)")
+    if args.methods:
+        print(f"\n# every method, forward / forward+backward time as a ratio to nn.Linear (peer sizes: {PEER_SIZES})")
+        names = ["moore"] + args.methods
+        print(f"{'model':13s} {'layer':18s} " + " ".join(f"{n:>11s}" for n in names))
+        for row in rows:
+            cells = [f"{row['forward']:.2f}/{row['forward_backward']:.2f}"]
+            cells += [f"{row[n]['forward']:.2f}/{row[n]['forward_backward']:.2f}" for n in args.methods]
+            print(f"{row['model']:13s} {row['layer']:18s} " + " ".join(f"{c:>11s}" for c in cells))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": device.type, "dtype": str(dtype), "tokens": args.tokens,

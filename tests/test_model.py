@@ -46,7 +46,7 @@ def test_all_linear_targets_every_projection_but_the_head(model_name):
 def test_trainable_parameters_match_the_formula(model_name, capsys):
     model = moe(model_name)
     config = model.adapter_config
-    expected = sum(config.trainable_parameters_per_layer(l.in_features, l.out_features, l.rank) for _, l in model.adapter_layers())
+    expected = sum(config.trainable_parameters_per_layer(l.in_features, l.out_features, rank=l.rank) for _, l in model.adapter_layers())
     trainable, total = model.get_nb_trainable_parameters()
     assert trainable == expected
     assert total == model.num_base_parameters + expected

@@ -3,10 +3,35 @@
 __version__ = "0.1.0"
 
 from .config import METHODS, AdapterConfig  # noqa: E402
-from .layers import AdapterLayer, MooreConfig, MooreLinear  # noqa: E402
+from .layers import (  # noqa: E402
+    AdapterLayer,
+    FullFinetuneConfig,
+    HraConfig,
+    HydraLoraConfig,
+    LoraConfig,
+    LoraMoeConfig,
+    MixLoraConfig,
+    MooreConfig,
+    MooreLinear,
+    MosldConfig,
+    MtlLoraConfig,
+    OmoeConfig,
+)
+from .budget import count_trainable_parameters, match_budget  # noqa: E402
 from .model import MooreModel, find_target_modules, get_moore_model  # noqa: E402
 
 __all__ = [
+    "FullFinetuneConfig",
+    "HraConfig",
+    "HydraLoraConfig",
+    "LoraConfig",
+    "LoraMoeConfig",
+    "MixLoraConfig",
+    "MosldConfig",
+    "MtlLoraConfig",
+    "OmoeConfig",
+    "count_trainable_parameters",
+    "match_budget",
     "METHODS",
     "AdapterConfig",
     "AdapterLayer",

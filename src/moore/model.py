@@ -139,12 +139,14 @@ class MooreModel(nn.Module):
         saved = self._modules_to_save()
         self.base_fingerprint = _fingerprint or model_fingerprint(model, tuple(saved))
         self.num_base_parameters = sum(p.numel() for p in model.parameters())
-        targets = find_target_modules(model, config)
-        model.requires_grad_(False)
+        trains_base = getattr(config, "trains_base_model", False)
+        targets = [] if trains_base else find_target_modules(model, config)
+        model.requires_grad_(trains_base)
 
         self._adapter_layers: dict[str, AdapterLayer] = {}
         for name in tqdm(targets, desc=f"adapting {len(targets)} layers with {config.method}", leave=False):
-            layer = config.layer_cls.from_base(model.get_submodule(name), config, self.routing, svd_cache_dir=cache)
+            layer = config.layer_cls.from_base(model.get_submodule(name), config, self.routing,
+                                               svd_cache_dir=cache, module_name=name)
             layer.module_name = name
             _set_submodule(model, name, layer)  # the base layer, and W with it, is released here
             self._adapter_layers[name] = layer
@@ -214,7 +216,10 @@ class MooreModel(nn.Module):
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """What save_pretrained writes: each adapter layer's own parameters and the modules_to_save."""
+        """What save_pretrained writes: each adapter layer's own parameters and the modules_to_save
+        (with full fine-tuning: every parameter of the model)."""
+        if getattr(self.adapter_config, "trains_base_model", False):
+            return dict(self.model.named_parameters())
         state = {}
         for name, layer in self.adapter_layers():
             for pname in layer.adapter_parameter_names:

@@ -59,7 +59,7 @@ class MooreConfig(AdapterConfig):
         if self.svd_dtype not in ("float32", "float64"):
             raise ValueError(f"svd_dtype must be 'float32' or 'float64', got {self.svd_dtype!r}")
 
-    def trainable_parameters_per_layer(self, in_features: int, out_features: int, rank: int | None = None) -> int:
+    def trainable_parameters_per_layer(self, in_features: int, out_features: int, *, rank: int | None = None, **_) -> int:
         """METHOD.md §1: Dt·K + Dt·r + Ds·r + Ds·Din + L·Din, with r = min(Din, Dout) by default.
 
         A layer's r is its weight's numerical rank: min(Din, Dout) unless some singular values are

@@ -1,0 +1,251 @@
+"""Every method behind the same interface: identity at init, gradients, counts, save/load, merge."""
+
+import pytest
+import torch
+
+import moore
+from helpers import build, inputs, output, perturb_adapter
+
+SMALL = {  # small sizes so the tiny models stay tiny
+    "moore": dict(task_dim=8, sample_dim=4, num_reflections=4),
+    "lora": dict(r=4), "hra": dict(r=4), "loramoe": dict(r=2, num_experts=3, balance_loss=True),
+    "mixlora": dict(r=2, num_experts=4, top_k=2), "mosld": dict(r=2, num_experts=3),
+    "hydralora": dict(r=2, num_experts=3), "mtl_lora": dict(r=2, num_experts=3), "omoe": dict(r=2, num_experts=3),
+    "full": dict(),
+}
+METHOD_NAMES = sorted(moore.METHODS)
+
+
+def config_for(method, **kw):
+    return moore.METHODS[method](num_tasks=3, **{**SMALL[method], **kw})
+
+
+def adapt(method, model="llama", **kw):
+    return moore.get_moore_model(build(model), config_for(method, **kw), svd_cache_dir=None)
+
+
+def test_every_method_is_registered():
+    assert set(METHOD_NAMES) == {"moore", "lora", "hra", "loramoe", "mixlora", "mosld", "hydralora",
+                                 "mtl_lora", "omoe", "full"}
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+@pytest.mark.parametrize("model_name", ["llama", "gpt2"])
+def test_identity_at_init(method, model_name):
+    base = build(model_name)
+    batch = inputs(model_name)
+    with torch.no_grad():
+        expected = output(base(**batch))
+    model = moore.get_moore_model(base, config_for(method), svd_cache_dir=None)
+    with torch.no_grad():
+        got = output(model(**batch, task_ids=[0, 1, 2, 0]))
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_gradients_reach_exactly_the_methods_parameters(method):
+    model = adapt(method)
+    model.train()
+    own = {"model." + k for k in model.adapter_state_dict()}
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == own
+    loss = output(model(**inputs("llama"), task_ids=[0, 1, 2, 0])).pow(2).mean()
+    aux = model.auxiliary_loss()
+    if aux is not None:
+        loss = loss + aux
+    loss.backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad == own
+    # zero-init B blocks A's first gradient, so check that something of every layer moved
+    assert any(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n in own)
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+@pytest.mark.parametrize("model_name", ["llama", "minilm"])
+def test_parameter_counts_match_table_2(method, model_name):
+    model = moore.get_moore_model(build(model_name), config_for(method), svd_cache_dir=None)
+    trainable, _ = model.get_nb_trainable_parameters()
+    config = model.adapter_config
+    if method == "full":
+        assert trainable == model.num_base_parameters
+        return
+    expected = sum(
+        config.trainable_parameters_per_layer(l.in_features, l.out_features, module_name=n, rank=getattr(l, "rank", None))
+        for n, l in model.adapter_layers())
+    assert trainable == expected
+    if method != "moore":  # MoORE's r is the numerical rank, which the count from shapes cannot know
+        assert moore.count_trainable_parameters(build(model_name), config) == expected
+
+
+def test_table_2_formulas_by_hand():
+    d, dout, m, r, k = 40, 24, 3, 2, 5
+    c = dict(num_tasks=k, r=r, num_experts=m)
+    assert moore.LoraConfig(num_tasks=k, r=r).trainable_parameters_per_layer(d, dout) == r * (d + dout)
+    assert moore.LoraMoeConfig(**c).trainable_parameters_per_layer(d, dout) == m * d + m * (dout + d) * r
+    assert moore.MosldConfig(**c).trainable_parameters_per_layer(d, dout) == m * d + (dout + m * d) * r
+    assert moore.HydraLoraConfig(**c).trainable_parameters_per_layer(d, dout) == m * d + (m * dout + d) * r
+    assert moore.MtlLoraConfig(**c).trainable_parameters_per_layer(d, dout) == m * k + (m * dout + k * r + d) * r
+    assert moore.OmoeConfig(**c).trainable_parameters_per_layer(d, dout) == m * d + m * (dout + d) * r
+    assert moore.HraConfig(num_tasks=k, r=4).trainable_parameters_per_layer(d, dout) == 4 * d
+    mix = moore.MixLoraConfig(**c)
+    assert mix.trainable_parameters_per_layer(d, dout, module_name="model.layers.0.mlp.up_proj") == m * d + m * (dout + d) * r
+    assert mix.trainable_parameters_per_layer(d, dout, module_name="model.layers.0.self_attn.q_proj") == r * (d + dout)
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_save_load_round_trip(method, tmp_path):
+    torch.manual_seed(0)
+    model = adapt(method)
+    perturb_adapter(model, scale=0.05)
+    model.save_pretrained(tmp_path)
+    batch = inputs("llama")
+    model.eval()
+    with torch.no_grad():
+        expected = output(model(**batch, task_ids=[2, 1, 0, 2]))
+    torch.manual_seed(0)
+    loaded = moore.MooreModel.from_pretrained(build("llama"), tmp_path, svd_cache_dir=None)
+    assert type(loaded.adapter_config) is type(model.adapter_config)
+    with torch.no_grad():
+        assert torch.allclose(output(loaded(**batch, task_ids=[2, 1, 0, 2])), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lora", "hra", "moore"])
+def test_merge_fold_equivalence(method):
+    model = adapt(method)
+    perturb_adapter(model)
+    batch = inputs("llama")
+    with torch.no_grad():
+        before = output(model(**batch, task_ids=[0, 1, 2, 0]))
+        model.merge()
+        merged = output(model(**batch, task_ids=[0, 1, 2, 0]))
+        model.unmerge()
+        after = output(model(**batch, task_ids=[0, 1, 2, 0]))
+    assert torch.allclose(merged, before, atol=1e-4) and torch.allclose(after, before, atol=1e-4)
+
+
+@pytest.mark.parametrize("method, kw", [("lora", {}), ("hra", {}), ("mtl_lora", {}), ("moore", dict(sample_dim=0))])
+def test_merge_per_task_equivalence(method, kw):
+    model = adapt(method, **kw)
+    perturb_adapter(model)
+    batch = inputs("llama")
+    with torch.no_grad():
+        routed = output(model(**batch, task_ids=[1, 1, 1, 1]))
+        plain = model.merge(task_id=1)
+        assert not any(isinstance(m, moore.AdapterLayer) for m in plain.modules())
+        assert torch.allclose(output(plain(**batch)), routed, atol=1e-4)
+        model.unmerge()
+
+
+@pytest.mark.parametrize("method", ["loramoe", "mixlora", "mosld", "hydralora", "omoe"])
+def test_token_routed_methods_have_no_dense_form(method):
+    model = adapt(method)
+    with pytest.raises(NotImplementedError, match="routes each token"):
+        model.merge(task_id=0)
+
+
+def test_mtl_lora_routes_per_sample_like_one_task_batches():
+    model = adapt("mtl_lora")
+    perturb_adapter(model, scale=0.2)
+    batch = inputs("llama", batch=6)
+    task_ids = torch.tensor([2, 0, 1, 1, 0, 2])
+    with torch.no_grad():
+        mixed = output(model(**batch, task_ids=task_ids))
+        for task in range(3):
+            rows = task_ids == task
+            alone = output(model(**{k: v[rows] for k, v in batch.items()}, task_ids=task_ids[rows]))
+            assert torch.allclose(mixed[rows], alone, atol=1e-5)
+
+
+def test_mixlora_puts_experts_on_the_ffn_and_lora_on_attention():
+    model = adapt("mixlora")
+    kinds = {n.split(".")[-1]: type(l).__name__ for n, l in model.adapter_layers()}
+    assert kinds["q_proj"] == kinds["o_proj"] == "LoraLinear"
+    assert kinds["gate_proj"] == kinds["up_proj"] == kinds["down_proj"] == "MixLoraLinear"
+    bert = adapt("mixlora", model="minilm")
+    kinds = {n: type(l).__name__ for n, l in bert.adapter_layers()}
+    assert kinds["encoder.layer.0.attention.output.dense"] == "LoraLinear"
+    assert kinds["encoder.layer.0.intermediate.dense"] == kinds["encoder.layer.0.output.dense"] == "MixLoraLinear"
+
+
+def test_mixlora_top_k_gates_and_balance_loss():
+    model = adapt("mixlora")
+    perturb_adapter(model)
+    layer = next(l for n, l in model.adapter_layers() if n.endswith("up_proj"))
+    layer.train()
+    gates = layer.top_k_gates(torch.randn(5, 7, layer.in_features))
+    assert torch.equal((gates > 0).sum(-1), torch.full((5, 7), 2))
+    assert torch.allclose(gates.sum(-1), torch.ones(5, 7))
+    assert layer.auxiliary_loss() >= 1.0 - 1e-5  # M·Σ f_m P_m is 1 when balanced, more otherwise
+    model.train()
+    model(**inputs("llama"), task_ids=[0, 1, 2, 0])
+    assert model.auxiliary_loss() > 0
+
+
+def test_loramoe_balance_loss_is_optional():
+    on, off = adapt("loramoe"), adapt("loramoe", balance_loss=False)
+    for model in (on, off):
+        model.train()
+        model(**inputs("llama"), task_ids=[0, 1, 2, 0])
+    assert on.auxiliary_loss() is not None and off.auxiliary_loss() is None
+
+
+def test_omoe_expert_outputs_are_orthogonal():
+    from moore.layers.omoe import gram_schmidt
+
+    model = adapt("omoe")
+    perturb_adapter(model, scale=0.3)
+    layer = next(l for _, l in model.adapter_layers())
+    with torch.no_grad():
+        experts = gram_schmidt(layer.expert_outputs(torch.randn(4, 6, layer.in_features)).double())
+    gram = experts @ experts.transpose(-1, -2)  # (..., M, M)
+    off_diagonal = gram - torch.diag_embed(torch.diagonal(gram, dim1=-2, dim2=-1))
+    assert off_diagonal.abs().max() < 1e-4 * gram.abs().max()
+    assert gram.abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("method", ["lora", "loramoe", "hra", "moore", "mtl_lora"])
+def test_match_budget(method):
+    base = build("llama")
+    budget = 20000
+    sized = moore.match_budget(base, config_for(method), budget)
+    count = moore.count_trainable_parameters(base, sized)
+    field = moore.budget.SIZE_FIELDS[method]
+    step_up = moore.count_trainable_parameters(base, type(sized)(**{**sized.__dict__, field: getattr(sized, field) + (2 if method == "hra" else 1)}))
+    assert abs(count - budget) <= abs(step_up - budget)  # no larger value is closer
+    if getattr(sized, field) > 2:
+        smaller = type(sized)(**{**sized.__dict__, field: getattr(sized, field) - (2 if method == "hra" else 1)})
+        assert abs(count - budget) <= abs(moore.count_trainable_parameters(base, smaller) - budget)
+
+
+# --- cross-checks against PEFT ------------------------------------------------------------------
+def test_lora_matches_peft():
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    torch.manual_seed(0)
+    ours = adapt("lora", target_modules=["q_proj", "v_proj", "down_proj"], r=4, lora_alpha=8)
+    perturb_adapter(ours, scale=0.1)
+    torch.manual_seed(0)
+    theirs = get_peft_model(build("llama"), PeftLoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                           target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, layer in ours.adapter_layers():
+            peft_layer = theirs.base_model.model.get_submodule(name)
+            peft_layer.lora_A["default"].weight.copy_(layer.lora_A)
+            peft_layer.lora_B["default"].weight.copy_(layer.lora_B)
+        batch = inputs("llama")
+        assert torch.allclose(output(ours(**batch)), output(theirs(**batch)), atol=1e-5)
+
+
+def test_hra_matches_peft():
+    from peft import HRAConfig, get_peft_model
+
+    torch.manual_seed(0)
+    ours = adapt("hra", target_modules=["q_proj", "up_proj"], r=4)
+    perturb_adapter(ours, scale=0.3)
+    torch.manual_seed(0)
+    theirs = get_peft_model(build("llama"), HRAConfig(r=4, target_modules=["q_proj", "up_proj"]))
+    with torch.no_grad():
+        for name, layer in ours.adapter_layers():
+            theirs.base_model.model.get_submodule(name).hra_u["default"].copy_(layer.reflections.T)
+        batch = inputs("llama")
+        assert torch.allclose(output(ours(**batch)), output(theirs(**batch)), atol=1e-5)
