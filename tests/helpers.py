@@ -72,3 +72,17 @@ def perturb_adapter(model, scale: float = 0.05, seed: int = 123) -> None:
     g = torch.Generator().manual_seed(seed)
     for _, tensor in model.adapter_state_dict().items():
         tensor.copy_(torch.randn(tensor.shape, generator=g) * scale + tensor.float())
+
+
+@torch.no_grad()
+def assert_routing_matches_one_task_batches(model, name: str) -> None:
+    """A mixed-task batch gives each sample what a batch of its task alone gives, and tasks differ."""
+    batch = inputs(name, batch=6)
+    task_ids = torch.tensor([2, 0, 1, 1, 0, 2])
+    mixed = output(model(**batch, task_ids=task_ids))
+    for task in range(3):
+        rows = task_ids == task
+        alone = output(model(**{k: v[rows] for k, v in batch.items()}, task_ids=task_ids[rows]))
+        assert torch.allclose(mixed[rows], alone, atol=1e-5)
+    other = output(model(**batch, task_ids=(task_ids + 1) % 3))
+    assert not torch.allclose(mixed, other, atol=1e-3)

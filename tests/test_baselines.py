@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import moore
-from helpers import build, inputs, output, perturb_adapter
+from helpers import assert_routing_matches_one_task_batches, build, inputs, output, perturb_adapter
 
 SMALL = {  # small sizes so the tiny models stay tiny
     "moore": dict(task_dim=8, sample_dim=4, num_reflections=4),
@@ -145,14 +145,7 @@ def test_token_routed_methods_have_no_dense_form(method):
 def test_mtl_lora_routes_per_sample_like_one_task_batches():
     model = adapt("mtl_lora")
     perturb_adapter(model, scale=0.2)
-    batch = inputs("llama", batch=6)
-    task_ids = torch.tensor([2, 0, 1, 1, 0, 2])
-    with torch.no_grad():
-        mixed = output(model(**batch, task_ids=task_ids))
-        for task in range(3):
-            rows = task_ids == task
-            alone = output(model(**{k: v[rows] for k, v in batch.items()}, task_ids=task_ids[rows]))
-            assert torch.allclose(mixed[rows], alone, atol=1e-5)
+    assert_routing_matches_one_task_batches(model, "llama")
 
 
 def test_mixlora_puts_experts_on_the_ffn_and_lora_on_attention():

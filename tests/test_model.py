@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import moore
-from helpers import DECODERS, build, inputs, output, perturb_adapter
+from helpers import DECODERS, assert_routing_matches_one_task_batches, build, inputs, output, perturb_adapter
 
 CONFIG = dict(num_tasks=3, task_dim=8, sample_dim=4, num_reflections=4)
 
@@ -82,17 +82,7 @@ def test_only_adapter_parameters_change_in_training(model_name):
 def test_per_sample_routing_equals_one_task_batches(model_name):
     model = moe(model_name)
     perturb_adapter(model)
-    batch = inputs(model_name, batch=6)
-    task_ids = torch.tensor([2, 0, 1, 1, 0, 2])
-    with torch.no_grad():
-        mixed = output(model(**batch, task_ids=task_ids))
-        for task in range(3):
-            rows = task_ids == task
-            alone = output(model(**{k: v[rows] for k, v in batch.items()}, task_ids=task_ids[rows]))
-            assert torch.allclose(mixed[rows], alone, atol=1e-5)
-        # and the tasks really are routed differently
-        other = output(model(**batch, task_ids=(task_ids + 1) % 3))
-    assert not torch.allclose(mixed, other, atol=1e-3)
+    assert_routing_matches_one_task_batches(model, model_name)
 
 
 def test_unseen_task_equals_mean_task_embedding(model_name):
