@@ -52,7 +52,9 @@ def match_budget(model: nn.Module, config: AdapterConfig, budget: int, field: st
     low, high = 1, max_value
     while low <= high:  # smallest value whose count reaches the budget
         mid = (low + high) // 2
-        c = count(mid) if count(mid) is not None else count(mid + 1)
+        c = count(mid)
+        if c is None:  # a value the config refuses (odd reflections): its neighbour decides
+            c = count(mid + 1)
         if c is not None and c >= budget:
             high = mid - 1
         else:
