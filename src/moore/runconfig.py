@@ -1,0 +1,252 @@
+"""Run configurations: the YAML that ``moore train`` reads, validated once with pydantic.
+
+An unknown key, a task without a metric, an unknown method or a bad adapter field is refused
+with the key's path; missing data files are reported by ``check_data`` before any model loads.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from .config import AdapterConfig
+from .data.metrics import KNOWN_METRICS
+from .data.tasks import KINDS, SPLITS, Task, default_data_dir, get_task, read_jsonl
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class ModelSpec(_Strict):
+    name_or_path: str = Field(description="a hub id, a local folder, or a packaged alias: minilm, smollm2")
+    kind: Literal["auto", "encoder", "decoder"] = "auto"
+    gguf_file: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_length: int = Field(128, gt=1)
+    pooling: Literal["mean", "cls"] = "mean"
+
+
+class TaskSpec(_Strict):
+    """A registered task by ``name``, or a user's task from JSONL files (``files``)."""
+
+    name: str
+    max_train: int | None = Field(None, gt=0, description="train on a fixed random subset of this size")
+    max_eval: int | None = Field(None, gt=0, description="evaluate on a fixed random subset of this size")
+    # a user's task: JSONL files and what the fields mean
+    files: dict[str, str] | None = None
+    kind: Literal["classification", "regression", "multiple_choice", "language_modeling"] | None = None
+    metrics: list[str] | None = None
+    label_names: list[str] | None = None
+    text_field: str = "text"
+    text_pair_field: str | None = None
+    label_field: str = "label"
+    options_field: str | None = None
+    template: str | None = None
+    answer_prefix: str = ""
+
+    @field_validator("files")
+    @classmethod
+    def _splits(cls, files):
+        if files is not None:
+            unknown = sorted(set(files) - set(SPLITS))
+            if unknown:
+                raise ValueError(f"unknown split(s) {unknown}; splits are {list(SPLITS)}")
+            if "train" not in files and "test" not in files:
+                raise ValueError("give at least a 'train' or a 'test' file")
+        return files
+
+    @model_validator(mode="after")
+    def _custom(self):
+        if self.files is None:
+            get_task(self.name)  # a registered task; raises with the known names
+            custom = {"kind", "metrics", "label_names", "template", "options_field", "text_pair_field"}
+            given = sorted(k for k in custom if k in self.model_fields_set)
+            if given:
+                raise ValueError(f"task {self.name!r} is a registered task; {given} only apply to a task "
+                                 "defined from files")
+            return self
+        if self.kind is None:
+            raise ValueError(f"task {self.name!r}: a task from files needs a kind, one of {list(KINDS)}")
+        if not self.metrics:
+            raise ValueError(f"task {self.name!r} has no metric; give metrics: [one of {KNOWN_METRICS}]")
+        unknown = [m for m in self.metrics if m not in KNOWN_METRICS]
+        if unknown:
+            raise ValueError(f"task {self.name!r}: unknown metric(s) {unknown}; known: {KNOWN_METRICS}")
+        if self.kind == "multiple_choice" and not self.options_field:
+            raise ValueError(f"task {self.name!r}: a multiple_choice task needs options_field")
+        if self.kind == "classification" and not self.label_names:
+            raise ValueError(f"task {self.name!r}: a classification task needs label_names")
+        return self
+
+    def build(self, base_dir: Path | None = None) -> Task:
+        if self.files is None:
+            return get_task(self.name)
+        files = {s: (str(_resolve(p, base_dir)),) for s, p in self.files.items()}
+        holdout = "validation" if "validation" not in files and "train" in files else None
+        return Task(
+            self.name, self.kind, tuple(self.metrics), files,
+            read_jsonl(self.text_field, self.text_pair_field, self.label_field, self.kind,
+                       tuple(self.label_names or ()), self.options_field),
+            label_names=tuple(self.label_names or ()), template=self.template, answer_prefix=self.answer_prefix,
+            holdout=holdout, description=f"{self.name}: user task from JSONL",
+        )
+
+
+def _resolve(path: str, base_dir: Path | None) -> Path:
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() or base_dir is None else base_dir / p
+
+
+class TrainingSpec(_Strict):
+    steps: int = Field(100, gt=0, description="optimizer steps (per stage, with stages)")
+    batch_size: int = Field(16, gt=0, description="samples per process per micro-step")
+    grad_accum_steps: int = Field(1, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    head_lr: float | None = Field(None, gt=0, description="learning rate of the task heads (default: lr)")
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["wsd", "cosine", "linear", "constant"] = "wsd"
+    warmup_steps: int | float = Field(0.1, ge=0, description="optimizer steps, or a fraction of steps if < 1")
+    decay_steps: int | float = Field(0.2, ge=0, description="wsd: the final decay, steps or fraction")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    mixing: Literal["proportional", "temperature", "uniform"] = "proportional"
+    temperature: float = Field(2.0, gt=0, description="temperature sampling: p_k ∝ n_k^(1/T)")
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    aux_loss_weight: float = Field(0.01, ge=0, description="weight of load-balancing losses, where a method has them")
+    log_every: int = Field(10, gt=0)
+    eval_every: int | None = Field(None, gt=0, description="evaluate every N optimizer steps (and at the end)")
+    save_every: int | None = Field(None, gt=0, description="checkpoint every N optimizer steps (and at the end)")
+    keep_checkpoints: int = Field(2, gt=0)
+    keep_best: bool = True
+    tensorboard: bool = False
+
+
+class EvaluationSpec(_Strict):
+    batch_size: int = Field(32, gt=0)
+    scoring: Literal["loglik", "generate"] = "loglik"
+    max_new_tokens: int = Field(16, gt=0)
+    split: Literal["validation", "test"] = "test"
+    before: bool = Field(False, description="score every task before training too")
+    zero_shot: list[TaskSpec] = Field(default_factory=list,
+                                      description="tasks scored with the unseen-task (mean) embedding, not trained")
+
+
+class RunConfig(_Strict):
+    model: ModelSpec
+    adapter: dict[str, Any] = Field(default_factory=lambda: {"method": "moore"})
+    tasks: list[TaskSpec] = Field(min_length=1)
+    stages: list[list[str]] | None = Field(None, description="sequential adaptation: task names per stage")
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    data_dir: str | None = None
+    output_dir: str = "runs/moore"
+    _base_dir: Path | None = PrivateAttr(None)  # the YAML file's folder: relative task files resolve from it
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter(cls, adapter):
+        adapter = {"method": "moore", **adapter}
+        if "num_tasks" in adapter:
+            raise ValueError("num_tasks is set from the task list; remove it from adapter")
+        AdapterConfig.from_dict({**adapter, "num_tasks": 1})  # unknown keys and bad values fail here
+        return adapter
+
+    @model_validator(mode="after")
+    def _tasks(self):
+        names = [t.name for t in self.tasks]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"tasks listed twice: {duplicated}")
+        if self.stages is not None:
+            unknown = sorted({n for stage in self.stages for n in stage} - set(names))
+            if unknown:
+                raise ValueError(f"stages name tasks that are not in tasks: {unknown}")
+            if any(not stage for stage in self.stages):
+                raise ValueError("a stage lists no task")
+        return self
+
+    def adapter_config(self) -> AdapterConfig:
+        return AdapterConfig.from_dict({**self.adapter, "num_tasks": len(self.tasks)})
+
+    def resolved_data_dir(self, override: str | os.PathLike | None = None) -> Path | None:
+        if override is not None:
+            return Path(override)
+        if self.data_dir is not None:
+            return Path(os.path.expanduser(self.data_dir))
+        return default_data_dir()
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be used; the message says where and why."""
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in error.errors():
+        where = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        message = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                    data: dict | None = None) -> RunConfig:
+    """Read a YAML run config (or a dict), apply ``key.sub=value`` overrides, validate."""
+    source = str(path) if path is not None else "config"
+    if data is None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"no config file at {path}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections (model, adapter, tasks, ...)")
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        _set_path(data, key.strip(), yaml.safe_load(raw))
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+    config._base_dir = Path(path).resolve().parent if path is not None else None
+    return config
+
+
+def build_tasks(specs: list[TaskSpec], base_dir: Path | None = None) -> list[Task]:
+    return [spec.build(base_dir) for spec in specs]
+
+
+def check_data(tasks: list[Task], data_dir: Path | None, splits=SPLITS) -> None:
+    """Refuse a run whose data files are missing, naming every missing file, before loading a model."""
+    from .data.tasks import _hub_reachable
+
+    problems = []
+    for task in tasks:
+        missing = task.missing_files(data_dir, splits)
+        if missing and not (task.hub is not None and _hub_reachable()):
+            problems.append(f"task {task.name!r}: missing data file {missing[0]}")
+    if problems:
+        where = data_dir if data_dir is not None else "(no data dir: pass --data-dir or set $MOORE_DATA_DIR)"
+        raise ConfigError("data not found under " + str(where) + "\n  " + "\n  ".join(problems))
