@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -76,3 +78,11 @@ def test_user_task_files_resolve_from_the_config_folder(tmp_path):
     examples = task.load(None, "train")
     assert examples[0] == {"text": "a b", "label": 1} and len(examples) == 18  # 2 held out for validation
     assert len(task.load(None, "validation")) == 2
+
+
+def test_the_shipped_configs_validate():
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        cfg = load_run_config(path)
+        assert cfg.adapter_config().num_tasks == len(cfg.tasks)

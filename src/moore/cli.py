@@ -109,6 +109,36 @@ def demo(
         _fail(str(e))
 
 
+@app.command()
+def bench(
+    suite: Annotated[str, typer.Argument(help="nlu-mtl-mini or csr-mtl-mini")],
+    methods: Annotated[Optional[str], typer.Option(help="comma-separated subset (default: all, plus base and "
+                                                   "efficiency); methods with a result are skipped")] = None,
+    data_dir: DataDir = None,
+    results_dir: Annotated[Optional[Path], typer.Option(help="default: benchmarks/results/SUITE")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="training runs (checkpoints; not part of the results)")] = Path("runs/bench"),
+    report: Annotated[bool, typer.Option("--report", help="only rebuild REPORT.md and plots from the result files")] = False,
+    progress: Annotated[bool, typer.Option(help="tqdm progress bars")] = True,
+) -> None:
+    """Run every method of a suite on the same data and budget, then write the report."""
+    from .bench import SUITES, run_suite
+    from .bench_report import write_report
+    from .data.tasks import default_data_dir
+
+    if suite not in SUITES:
+        _fail(f"unknown suite {suite!r}; suites: {sorted(SUITES)}")
+    results_dir = results_dir or Path("benchmarks/results") / suite
+    _setup_logging(False)
+    if not report:
+        try:
+            run_suite(suite, [m.strip() for m in methods.split(",")] if methods else None, results_dir, runs_dir,
+                      data_dir or default_data_dir(), progress)
+        except ValueError as e:
+            _fail(str(e))
+    path = write_report(suite, results_dir)
+    typer.echo(f"report: {path}")
+
+
 def _adapter_dir(path: Path) -> Path:
     """A saved adapter folder, or the ``final``/``best`` folder of a run, or a checkpoint's model."""
     for candidate in (path, path / "final", path / "model", path / "best"):

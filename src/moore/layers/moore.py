@@ -147,16 +147,27 @@ class MooreLinear(AdapterLayer):
         else:
             num_reflections = 0
 
+        gate = self._gate(x, proj[..., num_reflections:] if self.sample_down is not None else None)
+        return F.linear(z * gate, self.u, self.bias)  # U diag(σ + g) (Vᵀ H x) + b
+
+    def _gate(self, x: torch.Tensor, sample_proj: torch.Tensor | None) -> torch.Tensor:
+        """σ + Pᵀ t_k + Qᵀ Γ x: (..., r), or (r,) with no routing; sample_proj = Γ x."""
         gate = self.s  # (r,)
-        if self.sample_down is not None:
-            gate = gate + F.linear(proj[..., num_reflections:], self.sample_up.to(dtype))  # (..., r)
+        if sample_proj is not None:
+            gate = gate + F.linear(sample_proj, self.sample_up.to(x.dtype))  # (..., r)
         if self.task_embedding is not None:
-            task_ids = self.task_ids_for(x)
-            g_task = self.task_gate(task_ids).to(dtype)  # (N or 1, r)
+            g_task = self.task_gate(self.task_ids_for(x)).to(x.dtype)  # (N or 1, r)
             gate = gate + g_task.view(g_task.shape[0], *([1] * (x.dim() - 2)), self.rank)
         if self.clamp_singular_values:
             gate = F.relu(gate)
-        return F.linear(z * gate, self.u, self.bias)  # U diag(σ + g) (Vᵀ H x) + b
+        return gate
+
+    @torch.no_grad()
+    def expert_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The experts' weights σ + g(x, k) for each row of x (..., r): what routing analysis plots.
+        Call it inside the model's forward (a hook), where the batch's task ids are set."""
+        sample_proj = F.linear(x, self.sample_down.to(x.dtype)) if self.sample_down is not None else None
+        return self._gate(x, sample_proj).expand(*x.shape[:-1], self.rank)
 
     # --- inference --------------------------------------------------------------------------------
     def _apply_h_to_vh(self, transpose: bool) -> None:

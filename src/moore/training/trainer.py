@@ -203,8 +203,11 @@ class Trainer:
         eval_spec = self.config.evaluation
         if eval_spec.before and state["before"] is None:
             state["before"] = self._evaluate(self.test_data, final=True)
+            # every method starts as the base model, so this is the base model's own zero-shot skill
+            state["zero_shot_before"] = self._evaluate(self.zero_shot_data, final=True, task_id=None)
             if self.ctx.is_main:
-                log.log({"step": 0, "split": eval_spec.split, "before": state["before"]})
+                log.log({"step": 0, "split": eval_spec.split, "before": state["before"],
+                         "zero_shot_before": state["zero_shot_before"]})
 
         for stage in range(state["stage"], len(self.stages)):
             self._run_stage(stage, state, log, checkpoint if stage == state["stage"] else None)
@@ -360,6 +363,7 @@ class Trainer:
             "average": {"before": primary_average(state["before"], self.tasks) if state["before"] else None,
                         "after": primary_average(after, self.tasks)},
             "zero_shot": zero_shot,
+            "zero_shot_before": state.get("zero_shot_before") or {},
             "best_step": state["best_step"],
             "steps": state["global_step"],
             "stages": self.stages,
@@ -384,8 +388,9 @@ class Trainer:
         parts = [f"## Per-task scores ({results['split']} split; ×100 where a score is in [-1, 1])", "",
                  scores_table(columns, self.tasks)]
         if results["zero_shot"]:
-            parts += ["", "## Zero-shot (unseen-task embedding)", "", scores_table({"after": results["zero_shot"]},
-                                                                                   self.zero_shot)]
+            zs = {"before": results["zero_shot_before"]} if results["zero_shot_before"] else {}
+            parts += ["", "## Zero-shot (unseen-task embedding)", "",
+                      scores_table({**zs, "after": results["zero_shot"]}, self.zero_shot)]
         if "forgetting_matrix" in results:
             matrix = results["forgetting_matrix"]
             parts += ["", "## Forgetting matrix", "", forgetting_markdown(matrix, self.stages, self.tasks)]

@@ -1,0 +1,126 @@
+"""Efficiency of every method of a suite, measured side by side in one process, as ratios to the base.
+
+- training step time: forward + backward + AdamW step on one fixed batch (median of repeats);
+- inference tokens/s: forward under no_grad (MoORE also merged: H folded into V);
+- memory: the bytes a training step holds: parameters and buffers, gradients and AdamW state of
+  what trains, and the activations saved for backward (counted through saved-tensor hooks, so the
+  number is exact and does not depend on the allocator or the device).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .bench import SUITES, _git_commit, machine, resolve_adapter
+from .config import AdapterConfig
+from .model import get_moore_model
+from .multitask import load_base_model
+
+
+def _bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _batch(model_kind: str, tokenizer, batch_size: int, length: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 5000, (batch_size, length), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _output(out) -> torch.Tensor:
+    return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _measure(model: nn.Module, batch: dict, task_ids, repeats: int, train: bool = True) -> dict:
+    params = [p for p in model.parameters() if p.requires_grad]
+    result = {}
+    if train and params:
+        optimizer = torch.optim.AdamW(params, lr=1e-6)
+        model.train()
+
+        def step():
+            loss = _output(model(**batch, **task_ids)).float().pow(2).mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        result["train_step_s"] = _time(step, repeats)
+        saved = []
+
+        def pack(t):
+            saved.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = _output(model(**batch, **task_ids)).float().pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+        static = _bytes(model.parameters()) + _bytes(model.buffers())
+        result["train_memory_bytes"] = static + _bytes(params) + _bytes(state) + sum(saved)
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad():
+        seconds = _time(lambda: model(**batch, **task_ids), repeats)
+    result["inference_tokens_per_s"] = batch["input_ids"].numel() / seconds
+    return result
+
+
+def measure_efficiency(suite_name: str, results_dir: Path, batch_size: int = 32, length: int = 64,
+                       repeats: int = 5) -> dict:
+    suite = SUITES[suite_name]
+    spec = suite["config"]["model"]
+    base, tokenizer, kind = load_base_model(spec["name_or_path"])
+    batch = _batch(kind, tokenizer, batch_size, length)
+    num_tasks = len(suite["config"]["tasks"])
+    task_ids = {"task_ids": torch.arange(batch_size) % num_tasks}
+    rows = {}
+    reference = copy.deepcopy(base)
+    reference.requires_grad_(True)  # the base model's own training step: full fine-tuning cost
+    rows["base (full model trains)"] = _measure(reference, batch, {}, repeats)
+    frozen = copy.deepcopy(base).requires_grad_(False)
+    rows["base"] = _measure(frozen, batch, {}, repeats, train=False)
+    for method in suite["methods"]:
+        if method.startswith("ablation"):
+            continue
+        adapter, _ = resolve_adapter(suite, method, base)
+        model = get_moore_model(copy.deepcopy(base), AdapterConfig.from_dict({**adapter, "num_tasks": num_tasks}))
+        rows[method] = _measure(model, batch, task_ids, repeats)
+        if method.startswith("moore"):
+            model.merge()
+            rows[method + " (merged)"] = _measure(model, batch, task_ids, repeats, train=False)
+        rows[method]["trainable_parameters"] = model.get_nb_trainable_parameters()[0]
+        del model
+    ref_train = rows["base (full model trains)"]
+    ref_infer = rows["base"]["inference_tokens_per_s"]
+    for name, row in rows.items():
+        if "train_step_s" in row:
+            row["train_step_ratio"] = row["train_step_s"] / ref_train["train_step_s"]
+            row["train_memory_ratio"] = row["train_memory_bytes"] / ref_train["train_memory_bytes"]
+        row["inference_ratio"] = row["inference_tokens_per_s"] / ref_infer
+    record = {"suite": suite_name, "method": "efficiency", "batch": [batch_size, length], "repeats": repeats,
+              "rows": rows, "command": f"moore bench {suite_name} --methods efficiency",
+              "git_commit": _git_commit(), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / "efficiency.json"
+    path.with_suffix(".tmp").write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(path.with_suffix(".tmp"), path)
+    return record
