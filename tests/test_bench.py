@@ -1,0 +1,57 @@
+"""The benchmark runner's bookkeeping and the report, from result files alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from moore.bench import SUITES, run_suite
+from moore.bench_report import write_report
+
+TASKS = ("cola", "sst2", "mrpc", "rte", "qnli")
+
+
+def _record(method: str, score: float, sts: float) -> dict:
+    metric = {"cola": "mcc", "mrpc": "f1"}
+    return {"suite": "nlu-mtl-mini", "method": method, "trainable_parameters": 1000, "share": 0.01,
+            "scores": {t: {metric.get(t, "accuracy"): score} for t in TASKS}, "average": score,
+            "zero_shot": {"stsbenchmark": {"spearman": sts}}, "git_commit": "abc", "seed": 0,
+            "machine": {"processor": "x86_64", "cpu_count": 2, "torch": "2.13.0", "gpu": None},
+            "routing": {"layer": "l", "tasks": ["cola", "sst2"], "sigma": [3.0, 2.0, 1.0],
+                        "per_task": {"cola": {"mean": [0.1, 0.0, -0.1], "std": [0.1] * 3, "tokens": 5},
+                                     "sst2": {"mean": [0.0, 0.2, 0.1], "std": [0.1] * 3, "tokens": 5}},
+                        "distances": [[0.0, 0.3], [0.3, 0.0]]} if method == "moore-L8" else None}
+
+
+def test_report_is_rebuilt_from_result_files_and_says_where_moore_loses(tmp_path):
+    (tmp_path / "base.json").write_text(json.dumps({"zero_shot": {"stsbenchmark": {"spearman": 0.82}},
+                                                    "published_zero_shot": {"stsbenchmark": {"spearman": 0.8203}}}))
+    for method, score, sts in (("moore-L8", 0.70, 0.81), ("lora", 0.75, 0.60), ("hra", 0.65, 0.79)):
+        (tmp_path / f"{method}.json").write_text(json.dumps(_record(method, score, sts)))
+    report = write_report("nlu-mtl-mini", tmp_path).read_text()
+    assert "| lora | 1,000 (1.00%) | **75.00** |" in report
+    assert "**Where MoORE loses:**" in report and "lora (75.00)" in report
+    assert "| moore-L8 | 81.00 (-1.00) |" in report and "| **base model (measured here)** | 82.00 |" in report
+    assert "Not run yet:" in report and "moore-L0" in report
+    for png in ("per_task.png", "average.png", "oblivion.png", "routing_weights.png", "routing_distances.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_runner_skips_methods_with_results_and_refuses_unknown_ones(tmp_path, capsys):
+    (tmp_path / "lora.json").write_text("{}")
+    run_suite("nlu-mtl-mini", ["lora"], tmp_path, tmp_path / "runs", None)
+    assert "already has a result" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown method"):
+        run_suite("nlu-mtl-mini", ["lorra"], tmp_path, tmp_path / "runs", None)
+    with pytest.raises(ValueError, match="unknown suite"):
+        run_suite("nlu-mini", None, tmp_path, tmp_path / "runs", None)
+
+
+def test_suites_compare_every_method_at_one_budget():
+    for suite in SUITES.values():
+        methods = suite["methods"]
+        assert {"moore-L8", "moore-L0", "lora", "hra", "loramoe", "mixlora", "mosld", "hydralora", "mtl_lora",
+                "omoe", "full"} <= set(methods)
+        assert all(spec.get("budget") for name, spec in methods.items()
+                   if not name.startswith(("moore", "ablation", "full")))
