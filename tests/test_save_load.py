@@ -155,3 +155,11 @@ def test_svd_cache_skips_the_second_svd(tmp_path, monkeypatch):
     third.load_state_dict(state)
     moore.get_moore_model(third, moore.MooreConfig(**CONFIG), svd_cache_dir=tmp_path)
     assert len(calls) == n_layers + 1
+
+
+def test_fingerprint_samples_stay_inside_large_tensors():
+    from moore.fingerprint import model_fingerprint
+
+    big = torch.nn.Embedding(49152, 576)  # SmolLM2's embedding: 28,311,552 values, past float32's exact integers
+    sample = model_fingerprint(big)["weight"]
+    assert sample[-1] == big.weight.reshape(-1)[-1] and sample[0] == big.weight.reshape(-1)[0]

@@ -61,7 +61,7 @@ SUITES: dict[str, dict[str, Any]] = {
         "config": {
             "model": {"name_or_path": "minilm", "max_length": 64},
             "tasks": [{"name": n, "max_train": 1000, "max_eval": 300} for n in ("cola", "sst2", "mrpc", "rte", "qnli")],
-            "training": {"steps": 200, "batch_size": 32, "lr": 3e-3, "weight_decay": 0.01, "schedule": "wsd",
+            "training": {"steps": 200, "batch_size": 32, "lr": 3e-4, "weight_decay": 0.01, "schedule": "wsd",
                          "warmup_steps": 0.06, "decay_steps": 0.2, "mixing": "proportional", "seed": 0,
                          "log_every": 10, "head_lr": 3e-3, "save_every": 50},
             "evaluation": {"batch_size": 64, "split": "test",
@@ -79,7 +79,7 @@ SUITES: dict[str, dict[str, Any]] = {
         "config": {
             "model": {"name_or_path": "smollm2", "max_length": 160},
             "tasks": [{"name": n, "max_train": 400, "max_eval": 200} for n in ("arc-c", "arc-e", "boolq", "obqa")],
-            "training": {"steps": 100, "batch_size": 8, "lr": 1e-3, "schedule": "wsd", "warmup_steps": 0.06,
+            "training": {"steps": 100, "batch_size": 8, "lr": 3e-4, "schedule": "wsd", "warmup_steps": 0.06,
                          "decay_steps": 0.2, "mixing": "proportional", "seed": 0, "log_every": 10, "save_every": 25},
             "evaluation": {"batch_size": 16, "split": "test", "scoring": "loglik",
                            "zero_shot": [{"name": "wikitext2", "max_eval": 300}, {"name": "sst2", "max_eval": 200},

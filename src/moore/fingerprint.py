@@ -23,7 +23,8 @@ def model_fingerprint(model: nn.Module, exclude_prefixes: tuple[str, ...] = ()) 
             continue
         flat = param.detach().reshape(-1)
         count = min(flat.numel(), SAMPLES_PER_TENSOR)
-        index = torch.linspace(0, flat.numel() - 1, count, device=flat.device).round().long()
+        # evenly spaced, in integers: float32 positions round past the end of tensors above 2^24 values
+        index = torch.arange(count, device=flat.device) * (flat.numel() - 1) // max(count - 1, 1)
         sample = flat[index].cpu().clone()
         fingerprint[name] = sample
         fingerprint[name + "::shape"] = torch.tensor(list(param.shape), dtype=torch.int64)
