@@ -120,7 +120,8 @@ def write_report(suite_name: str, results_dir: Path) -> Path:
              f"**Subsampled to fit 2 CPU cores:** {suite['subsampling']}", "",
              "Every method trains the same tasks with the same data, steps, schedule and seed; each peer's size "
              "(rank) is matched to MoORE-L8's trainable-parameter count (`moore.match_budget`); task heads (the same "
-             "for every method) are not counted. Full fine-tuning trains every weight (learning rate 5e-5).", ""]
+             "for every method) are not counted. Adapters train at learning rate 3e-4 (the reference code's), task "
+             "heads at 3e-3; full fine-tuning trains every weight at 5e-5.", ""]
     if missing:
         lines += [f"Not run yet: {', '.join(missing)} (`moore bench {suite_name} --methods "
                   f"{','.join(missing)}` adds them).", ""]
