@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import moore
-from helpers import build, inputs, output, perturb_adapter, tiny_llama
+from helpers import build, inputs, perturb_adapter, tiny_llama
 
 CONFIG = dict(num_tasks=3, task_dim=8, sample_dim=4, num_reflections=4)
 

@@ -100,29 +100,31 @@ def test_decoder_loss_is_on_answer_tokens_only(world):
     assert torch.allclose(loss, manual, rtol=1e-5) and units == int((labels[:, 1:] != -100).sum())
 
 
-def test_loglik_fast_path_equals_scoring_every_option(world):
-    model, tasks = _model(world, "decoder", ["mood", "pick"])
-    pick = tasks[1]
-    examples = pick.load(None, "test")[:6]
-    fast = model._loglik_choices(pick, examples, 1, 4, False)
-    # the options share every answer token but the last: the fast path scores them in one forward;
-    # disguise them so they do not, and the full per-option path must agree
-    slow_task = type(pick)(**{**pick.__dict__, "answer_prefix": ""})
-    wrapped = [{**e, "options": [f"{o} !" for o in e["options"]]} for e in examples]
-    per_option = model._loglik_choices(slow_task, wrapped, 1, 4, False)
+def _loglik_by_hand(model, task, examples, task_id) -> list[int]:
+    """The option whose answer tokens have the highest summed log-probability, one sequence each."""
     tok = model.tokenizer
-    manual = []
+    picks = []
     for e in examples:
         scores = []
         for option in e["options"]:
-            prompt = tok(model._prompt(pick, e))["input_ids"]
-            answer = tok(pick.answer_prefix + option, add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([prompt + answer])
-            logp = model.adapted(input_ids=ids, task_ids=[1]).logits.log_softmax(-1)[0]
+            prompt = tok(model._prompt(task, e))["input_ids"]
+            answer = tok(task.answer_prefix + option, add_special_tokens=False)["input_ids"]
+            logp = model.adapted(input_ids=torch.tensor([prompt + answer]), task_ids=[task_id]).logits.log_softmax(-1)[0]
             scores.append(sum(logp[len(prompt) - 1 + j, a].item() for j, a in enumerate(answer)))
-        manual.append(int(np.argmax(scores)))
-    assert fast == manual
-    assert len(per_option) == len(examples) and all(p in (0, 1) for p in per_option)
+        picks.append(int(np.argmax(scores)))
+    return picks
+
+
+def test_loglik_scoring_equals_scoring_by_hand(world):
+    model, tasks = _model(world, "decoder", ["mood", "pick"])
+    pick = tasks[1]
+    examples = pick.load(None, "test")[:6]
+    # the options share every answer token but the last: the fast path scores them in one forward
+    assert model._loglik_choices(pick, examples, 1, 4, False) == _loglik_by_hand(model, pick, examples, 1)
+    # options that differ in more than their last token go through the per-option path
+    slow_task = type(pick)(**{**pick.__dict__, "answer_prefix": ""})
+    wrapped = [{**e, "options": [f"{o} !" for o in e["options"]]} for e in examples]
+    assert model._loglik_choices(slow_task, wrapped, 1, 4, False) == _loglik_by_hand(model, slow_task, wrapped, 1)
 
 
 def test_generation_scoring_runs_with_task_routing(world):

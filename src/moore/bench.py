@@ -9,18 +9,17 @@ sessions. ``--report`` rebuilds ``REPORT.md`` and its PNG plots from those files
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import logging
 import os
 import platform
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -159,11 +158,7 @@ def run_method(suite_name: str, method: str, results_dir: Path, runs_dir: Path, 
         from .routing_analysis import routing_statistics
 
         record["routing"] = routing_statistics(trainer.model, suite["routing_layer"], trainer.test_data, limit=64)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    path = results_dir / f"{method}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(results_dir / f"{method}.json", record)
     return record
 
 
@@ -188,8 +183,7 @@ def base_reference(suite_name: str, results_dir: Path, data_dir: Path | None) ->
               "published_zero_shot": suite["published_zero_shot"], "git_commit": _git_commit(),
               "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
               "command": f"moore bench {suite_name} --methods base"}
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "base.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(results_dir / "base.json", record)
     return record
 
 

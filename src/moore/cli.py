@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -221,7 +222,7 @@ def info(path: Annotated[Path, typer.Argument(help="a saved adapter folder or a 
     method = config.pop("method")
     weights = directory / "adapter_model.safetensors"
     with safe_open(str(weights), "pt") as f:
-        count = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
+        count = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
     lines = [
         f"adapter:        {directory}",
         f"method:         {method}  (moore {meta.get('moore_version', '?')})",
@@ -244,13 +245,6 @@ def info(path: Annotated[Path, typer.Argument(help="a saved adapter folder or a 
         if avg is not None:
             lines.append(f"results:        average {100 * avg:.2f} on the {res.get('split')} split ({results})")
     typer.echo("\n".join(lines))
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def main() -> None:

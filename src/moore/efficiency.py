@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import copy
-import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -21,6 +19,7 @@ from torch import nn
 
 from .bench import SUITES, _git_commit, machine, resolve_adapter
 from .config import AdapterConfig
+from .io import write_json
 from .model import get_moore_model
 from .multitask import load_base_model
 
@@ -119,8 +118,5 @@ def measure_efficiency(suite_name: str, results_dir: Path, batch_size: int = 32,
     record = {"suite": suite_name, "method": "efficiency", "batch": [batch_size, length], "repeats": repeats,
               "rows": rows, "command": f"moore bench {suite_name} --methods efficiency",
               "git_commit": _git_commit(), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    results_dir.mkdir(parents=True, exist_ok=True)
-    path = results_dir / "efficiency.json"
-    path.with_suffix(".tmp").write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(path.with_suffix(".tmp"), path)
+    write_json(results_dir / "efficiency.json", record)
     return record

@@ -9,11 +9,9 @@ by the config's adapter layers (MoORE by default), freezes everything else, and 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import AdapterConfig
+from .io import atomic_write, read_json, write_json
 from .fingerprint import fingerprint_digest, fingerprint_mismatches, model_fingerprint
 from .layers.base import AdapterLayer, is_linear
 from .routing import TaskRouting, route_checkpointed_modules
@@ -103,17 +102,6 @@ def resolve_modules_to_save(model: nn.Module, config: AdapterConfig) -> list[str
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _batch_size(args: tuple, kwargs: dict) -> int | None:
@@ -250,8 +238,8 @@ class MooreModel(nn.Module):
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().cpu().contiguous() for k, v in self.adapter_state_dict().items()}
-        _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
-        _atomic_write(path / FINGERPRINT_NAME, lambda tmp: save_file(self.base_fingerprint, tmp))
+        atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
+        atomic_write(path / FINGERPRINT_NAME, lambda tmp: save_file(self.base_fingerprint, tmp))
         base_config = getattr(self.model, "config", None)
         meta = {
             "moore_version": __version__,
@@ -265,14 +253,11 @@ class MooreModel(nn.Module):
             "adapted_modules": list(self._adapter_layers),
         }
         # the config goes last: a folder with a config in it is complete
-        _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+        write_json(path / CONFIG_NAME, meta)
 
     @staticmethod
     def read_metadata(directory: str | os.PathLike) -> dict:
-        path = Path(directory) / CONFIG_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"{directory} holds no {CONFIG_NAME}: it is not a saved moore adapter")
-        return json.loads(path.read_text())
+        return read_json(directory, CONFIG_NAME, "it is not a saved moore adapter")
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, directory: str | os.PathLike, *, is_trainable: bool = False,

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -30,7 +29,8 @@ from tqdm.auto import tqdm
 from .config import AdapterConfig
 from .data.metrics import METRICS, perplexity
 from .data.tasks import Example, Task
-from .model import MooreModel, _atomic_write, get_moore_model
+from .io import atomic_write, read_json, write_json
+from .model import WEIGHTS_NAME, MooreModel, get_moore_model
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,12 @@ def resolve_model(name_or_path: str, gguf_file: str | None = None) -> tuple[str,
         package, sub, gguf = alias
         return str(_package_folder(package) / sub), gguf_file or gguf
     return name_or_path, gguf_file
+
+
+def load_from_spec(spec: dict) -> tuple[nn.Module, Any, str]:
+    """``load_base_model`` for a run config's (or a saved adapter's) model section."""
+    return load_base_model(spec["name_or_path"], kind=spec.get("kind", "auto"), gguf_file=spec.get("gguf_file"),
+                           dtype=spec.get("dtype", "float32"))
 
 
 def detect_kind(model_config) -> str:
@@ -137,9 +143,7 @@ class MultiTaskModel(nn.Module):
               task_specs: Sequence[dict] | None = None, num_tasks: int | None = None,
               gradient_checkpointing: bool = False) -> "MultiTaskModel":
         """Load the base model and adapt it; ``adapter`` is an adapter config or its dict."""
-        model, tokenizer, kind = load_base_model(model_spec["name_or_path"], kind=model_spec.get("kind", "auto"),
-                                                 gguf_file=model_spec.get("gguf_file"),
-                                                 dtype=model_spec.get("dtype", "float32"))
+        model, tokenizer, kind = load_from_spec(model_spec)
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if isinstance(adapter, dict):
@@ -238,12 +242,18 @@ class MultiTaskModel(nn.Module):
                     total = total + F.mse_loss(out.squeeze(-1), labels[rows], reduction="sum")
                 else:
                     total = total + F.cross_entropy(out, labels[rows].long(), reduction="sum")
-            return total, len(task_ids)
+            return total, self.count_units(batch)
         logits = self.adapted(**batch["inputs"], task_ids=task_ids).logits  # (B, T, V)
         targets = labels[:, 1:]  # (B, T-1): token t predicts token t+1
         loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
                                reduction="sum")
-        return loss, int((targets != -100).sum())
+        return loss, self.count_units(batch)
+
+    def count_units(self, batch: dict) -> int:
+        """What the loss sums over: samples for heads, answer tokens (labels ≠ -100) for decoders."""
+        if self.kind == "encoder":
+            return len(batch["task_ids"])
+        return int((batch["labels"][:, 1:] != -100).sum())
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, int]:
         return self.loss(batch)  # so that DistributedDataParallel can wrap the model
@@ -374,13 +384,16 @@ class MultiTaskModel(nn.Module):
         path = Path(directory)
         self.adapted.save_pretrained(path)
         heads = {k: v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()}
-        _atomic_write(path / HEADS_NAME, lambda tmp: save_file(heads, tmp))
+        atomic_write(path / HEADS_NAME, lambda tmp: save_file(heads, tmp))
         meta = {"model": self.model_spec, "tasks": self.task_specs, "task_names": [t.name for t in self.tasks]}
-        _atomic_write(path / TASKS_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+        write_json(path / TASKS_NAME, meta)
 
     def load_weights(self, directory: str | os.PathLike) -> None:
         """Load adapter and head weights saved by ``save`` into this (same-shaped) model."""
-        self.adapted.load_adapter_state_dict(load_file(str(Path(directory) / "adapter_model.safetensors")))
+        self.adapted.load_adapter_state_dict(load_file(str(Path(directory) / WEIGHTS_NAME)))
+        self._load_heads(directory)
+
+    def _load_heads(self, directory: str | os.PathLike) -> None:
         heads = load_file(str(Path(directory) / HEADS_NAME))
         own = self.heads.state_dict()
         if set(heads) != set(own):
@@ -389,23 +402,18 @@ class MultiTaskModel(nn.Module):
 
     @staticmethod
     def read_metadata(directory: str | os.PathLike) -> dict:
-        path = Path(directory) / TASKS_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"{directory} holds no {TASKS_NAME}: it was not saved by moore train")
-        return json.loads(path.read_text())
+        return read_json(directory, TASKS_NAME, "it was not saved by moore train")
 
     @classmethod
     def load(cls, directory: str | os.PathLike, tasks: Sequence[Task], *, is_trainable: bool = False) -> "MultiTaskModel":
         """Rebuild a saved model: the base model from its recorded name, then adapter and heads."""
         meta = cls.read_metadata(directory)
         spec = meta["model"]
-        model, tokenizer, kind = load_base_model(spec["name_or_path"], kind=spec.get("kind", "auto"),
-                                                 gguf_file=spec.get("gguf_file"), dtype=spec.get("dtype", "float32"))
+        model, tokenizer, kind = load_from_spec(spec)
         adapted = MooreModel.from_pretrained(model, directory, is_trainable=is_trainable)
         mt = cls(adapted, tokenizer, tasks, kind=kind, max_length=spec.get("max_length", 128),
                  pooling=spec.get("pooling", "mean"), model_spec=spec, task_specs=meta["tasks"])
-        heads = load_file(str(Path(directory) / HEADS_NAME))
-        mt.heads.load_state_dict(heads)
+        mt._load_heads(directory)
         mt.heads.requires_grad_(is_trainable)
         return mt
 

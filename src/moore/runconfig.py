@@ -14,8 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .config import AdapterConfig
-from .data.metrics import KNOWN_METRICS
-from .data.tasks import KINDS, SPLITS, Task, default_data_dir, get_task, read_jsonl
+from .data.tasks import KINDS, SPLITS, Task, check_metrics, default_data_dir, get_task, read_jsonl
 
 
 class _Strict(BaseModel):
@@ -72,11 +71,7 @@ class TaskSpec(_Strict):
             return self
         if self.kind is None:
             raise ValueError(f"task {self.name!r}: a task from files needs a kind, one of {list(KINDS)}")
-        if not self.metrics:
-            raise ValueError(f"task {self.name!r} has no metric; give metrics: [one of {KNOWN_METRICS}]")
-        unknown = [m for m in self.metrics if m not in KNOWN_METRICS]
-        if unknown:
-            raise ValueError(f"task {self.name!r}: unknown metric(s) {unknown}; known: {KNOWN_METRICS}")
+        check_metrics(self.name, self.metrics)
         if self.kind == "multiple_choice" and not self.options_field:
             raise ValueError(f"task {self.name!r}: a multiple_choice task needs options_field")
         if self.kind == "classification" and not self.label_names:

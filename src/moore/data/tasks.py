@@ -62,11 +62,7 @@ class Task:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"task {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
-        if not self.metrics:
-            raise ValueError(f"task {self.name!r} has no metric; give one of {KNOWN_METRICS}")
-        unknown = [m for m in self.metrics if m not in KNOWN_METRICS]
-        if unknown:
-            raise ValueError(f"task {self.name!r}: unknown metrics {unknown}; known: {KNOWN_METRICS}")
+        check_metrics(self.name, self.metrics)
         if self.kind == "classification" and len(self.label_names) < 2:
             raise ValueError(f"task {self.name!r}: a classification task needs at least two label_names")
 
@@ -118,6 +114,14 @@ class Task:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "metrics": list(self.metrics),
                 "label_names": list(self.label_names), "num_labels": self.num_labels}
+
+
+def check_metrics(task: str, metrics) -> None:
+    if not metrics:
+        raise ValueError(f"task {task!r} has no metric; give metrics: [one of {KNOWN_METRICS}]")
+    unknown = [m for m in metrics if m not in KNOWN_METRICS]
+    if unknown:
+        raise ValueError(f"task {task!r}: unknown metric(s) {unknown}; known: {KNOWN_METRICS}")
 
 
 def _split_holdout(examples: list[Example], held_out: bool) -> list[Example]:

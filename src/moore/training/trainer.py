@@ -31,6 +31,7 @@ from ..evaluation import (
     primary_average,
     scores_table,
 )
+from ..io import write_json
 from ..multitask import MultiTaskModel
 from ..runconfig import RunConfig, build_tasks, check_data
 from .distributed import DistributedContext, init_distributed, shutdown
@@ -82,12 +83,6 @@ def _flatten(record: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{key}"] = value
     return out
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def _replace_dir(build, target: Path) -> None:
@@ -264,7 +259,7 @@ class Trainer:
             mine = [drawn[(ctx.rank * spec.grad_accum_steps + j) * micro:][:micro] for j in range(spec.grad_accum_steps)]
             batches = [self.model.collate([self.train_data[stage_tasks[t]][i] for t, i in chunk],
                                           [stage_tasks[t] for t, _ in chunk]) for chunk in mine]
-            local_units = sum(self._units(b) for b in batches)
+            local_units = sum(self.model.count_units(b) for b in batches)
             (total_units,) = ctx.all_reduce_sum([float(local_units)])
             loss_sum = 0.0
             for j, batch in enumerate(batches):
@@ -306,11 +301,6 @@ class Trainer:
                 self._save_checkpoint(state)
         bar.close()
         self.model.eval()
-
-    def _units(self, batch: dict) -> int:
-        if self.model.kind == "encoder":
-            return len(batch["task_ids"])
-        return int((batch["labels"][:, 1:] != -100).sum())
 
     def _evaluate(self, data: dict, final: bool = False, task_id="own") -> dict:
         results = {}
@@ -373,7 +363,7 @@ class Trainer:
         if self.ctx.is_main:
             final = self.output_dir / "final"
             _replace_dir(lambda tmp: self.model.save(tmp), final)
-            _write_json(self.output_dir / "results.json", results)
+            write_json(self.output_dir / "results.json", results)
             report = self._report(results)
             (self.output_dir / "results.md").write_text(report + "\n")
             print("\n" + report)
