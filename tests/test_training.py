@@ -97,6 +97,7 @@ def test_decoder_loss_is_on_answer_tokens_only(world):
     logits = model.adapted(**batch["inputs"], task_ids=batch["task_ids"]).logits
     manual = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                                                ignore_index=-100, reduction="sum")
+    assert model._keeps_logits  # the loss came from the answer positions' logits only
     assert torch.allclose(loss, manual, rtol=1e-5) and units == int((labels[:, 1:] != -100).sum())
 
 

@@ -37,6 +37,10 @@ def _conflict_table(records: dict, methods: list[str], tasks: list[str]) -> list
     header = "| method | #params (% of base) | " + " | ".join(
         f"{t} ({get_task(t).metric})" for t in tasks) + " | average |"
     lines = [header, "|---|---|" + "---|" * (len(tasks) + 1)]
+    base = records.get("base", {})
+    if base.get("scores"):  # a decoder scored before any training
+        lines.append("| base model, no training | 0 | " + " | ".join(_pct(_primary(base, t)[1]) for t in tasks)
+                     + f" | {_pct(base.get('average'))} |")
     best = {}
     for t in tasks:
         values = [_primary(records[m], t)[1] for m in methods if _primary(records[m], t)[1] is not None]

@@ -243,11 +243,26 @@ class MultiTaskModel(nn.Module):
                 else:
                     total = total + F.cross_entropy(out, labels[rows].long(), reduction="sum")
             return total, self.count_units(batch)
-        logits = self.adapted(**batch["inputs"], task_ids=task_ids).logits  # (B, T, V)
         targets = labels[:, 1:]  # (B, T-1): token t predicts token t+1
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
+        positions = (targets != -100).any(0).nonzero().squeeze(1)  # (P,): columns that predict an answer token
+        logits = self._logits_at(batch["inputs"], task_ids, positions)  # (B, P, V)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets[:, positions].flatten(), ignore_index=-100,
                                reduction="sum")
         return loss, self.count_units(batch)
+
+    def _logits_at(self, inputs: dict, task_ids, positions: torch.Tensor) -> torch.Tensor:
+        """Logits (B, P, V) at the given sequence positions only, through the model's own
+        ``logits_to_keep``: the LM head over every position costs as much as several layers, and
+        (B, T, V) floats dominate memory. Models without that argument compute them all."""
+        if self._keeps_logits:
+            return self.adapted(**inputs, task_ids=task_ids, logits_to_keep=positions).logits
+        return self.adapted(**inputs, task_ids=task_ids).logits[:, positions]
+
+    @property
+    def _keeps_logits(self) -> bool:
+        import inspect
+
+        return "logits_to_keep" in inspect.signature(self.adapted.model.forward).parameters
 
     def count_units(self, batch: dict) -> int:
         """What the loss sums over: samples for heads, answer tokens (labels ≠ -100) for decoders."""
@@ -334,15 +349,19 @@ class MultiTaskModel(nn.Module):
             contexts = [c[-self.max_length:] for _, _, c, _ in chunk]
             input_ids = self._pad(contexts, self.tokenizer.pad_token_id).to(self.device)
             mask = self._pad([[1] * len(c) for c in contexts], 0).to(self.device)
-            logp = self.adapted(input_ids=input_ids, attention_mask=mask,
-                                task_ids=self._ids_tensor(tid, len(chunk))).logits.float().log_softmax(-1)
+            # the positions whose next-token logits score an answer token: the last len(scored) of each context
+            # (one when the options differ in their last token only: those logits rank them all at once)
+            wanted = [list(range(len(c) - (1 if k is None else len(s)), len(c))) for c, (_, k, _, s) in zip(contexts, chunk)]
+            positions = sorted({p for row in wanted for p in row})
+            column = {p: j for j, p in enumerate(positions)}
+            logp = self._logits_at({"input_ids": input_ids, "attention_mask": mask}, self._ids_tensor(tid, len(chunk)),
+                                   torch.tensor(positions, device=self.device)).float().log_softmax(-1)  # (B, P, V)
             for row, (i, k, _, scored) in enumerate(chunk):
-                last = len(contexts[row]) - 1
-                if k is None:  # the last logits rank every option's final token at once
-                    scores[i] = dict(enumerate(logp[row, last, scored].tolist()))
+                cols = torch.tensor([column[p] for p in wanted[row]], device=logp.device)
+                if k is None:
+                    scores[i] = dict(enumerate(logp[row, cols[0], scored].tolist()))
                 else:  # the answer's tokens are the context's last len(scored)-1 tokens plus one
-                    positions = torch.arange(last - len(scored) + 1, last + 1, device=logp.device)
-                    value = logp[row, positions, torch.tensor(scored, device=logp.device)].sum().item()
+                    value = logp[row, cols, torch.tensor(scored, device=logp.device)].sum().item()
                     scores.setdefault(i, {})[k] = value
         return [max(scores[i], key=scores[i].get) for i in range(len(examples))]
 
