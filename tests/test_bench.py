@@ -55,3 +55,26 @@ def test_suites_compare_every_method_at_one_budget():
                 "omoe", "full"} <= set(methods)
         assert all(spec.get("budget") for name, spec in methods.items()
                    if not name.startswith(("moore", "ablation", "full")))
+
+
+def test_efficiency_rows_are_ratios_measured_side_by_side(tmp_path, monkeypatch):
+    from training_fixtures import save_tiny_decoder
+
+    from moore import bench
+    from moore.efficiency import measure_efficiency
+
+    model_dir = save_tiny_decoder(tmp_path / "decoder")
+    suite = {"config": {"model": {"name_or_path": str(model_dir)}, "tasks": [{"name": "a"}, {"name": "b"}]},
+             "methods": {"moore-L8": {"method": "moore", "task_dim": 8, "sample_dim": 4, "num_reflections": 2},
+                         "moore-task": {"method": "moore", "task_dim": 8, "sample_dim": 0, "num_reflections": 2},
+                         "lora": {"method": "lora", "budget": True}}}
+    monkeypatch.setitem(bench.SUITES, "tiny", suite)
+    rows = measure_efficiency("tiny", tmp_path, batch_size=4, length=8, repeats=1)["rows"]
+    assert set(rows) == {"base (full model trains)", "base", "moore-L8", "moore-L8 (merged)", "moore-task",
+                         "moore-task (merged)", "moore-task (merged for one task)", "lora"}
+    assert rows["base (full model trains)"]["train_step_ratio"] == rows["base"]["inference_ratio"] == 1.0
+    # an adapter keeps no gradients or AdamW state for the frozen weights: it holds less than full fine-tuning
+    assert rows["lora"]["train_memory_ratio"] < 1.0 and rows["moore-L8"]["train_memory_ratio"] < 1.0
+    assert abs(rows["lora"]["trainable_parameters"] - rows["moore-L8"]["trainable_parameters"]) \
+        <= 0.1 * rows["moore-L8"]["trainable_parameters"]
+    assert json.loads((tmp_path / "efficiency.json").read_text())["rows"].keys() == rows.keys()

@@ -1,7 +1,8 @@
 """Efficiency of every method of a suite, measured side by side in one process, as ratios to the base.
 
 - training step time: forward + backward + AdamW step on one fixed batch (median of repeats);
-- inference tokens/s: forward under no_grad (MoORE also merged: H folded into V);
+- inference tokens/s: forward under no_grad (MoORE also merged: H folded into V; and, without
+  token routing, for one task: every layer a plain dense matrix);
 - memory: the bytes a training step holds: parameters and buffers, gradients and AdamW state of
   what trains, and the activations saved for backward (counted through saved-tensor hooks, so the
   number is exact and does not depend on the allocator or the device).
@@ -103,10 +104,13 @@ def measure_efficiency(suite_name: str, results_dir: Path, batch_size: int = 32,
         adapter, _ = resolve_adapter(suite, method, base)
         model = get_moore_model(copy.deepcopy(base), AdapterConfig.from_dict({**adapter, "num_tasks": num_tasks}))
         rows[method] = _measure(model, batch, task_ids, repeats)
-        if method.startswith("moore"):
-            model.merge()
-            rows[method + " (merged)"] = _measure(model, batch, task_ids, repeats, train=False)
         rows[method]["trainable_parameters"] = model.get_nb_trainable_parameters()[0]
+        if method.startswith("moore"):
+            model.merge()  # H folded into V; the router still runs, so any mix of tasks in a batch
+            rows[method + " (merged)"] = _measure(model, batch, task_ids, repeats, train=False)
+            if not adapter.get("sample_dim"):  # no token routing: one task's layers are plain dense matrices
+                dense = model.merge(task_id=0)
+                rows[method + " (merged for one task)"] = _measure(dense, batch, {}, repeats, train=False)
         del model
     ref_train = rows["base (full model trains)"]
     ref_infer = rows["base"]["inference_tokens_per_s"]
