@@ -34,6 +34,8 @@ def test_report_is_rebuilt_from_result_files_and_says_where_moore_loses(tmp_path
     assert "**Where MoORE loses:**" in report and "lora (75.00)" in report
     assert "| moore-L8 | 81.00 (-1.00) |" in report and "| **base model (measured here)** | 82.00 |" in report
     assert "Not run yet:" in report and "moore-L0" in report
+    assert "On stsbenchmark, MoORE-L8 (81.00) kept the most" in report
+    assert "300 scored examples per task: an accuracy near 50% has a 95% interval of ±5.7 points" in report
     for png in ("per_task.png", "average.png", "oblivion.png", "routing_weights.png", "routing_distances.png"):
         assert (tmp_path / png).stat().st_size > 1000
 

@@ -135,6 +135,11 @@ def write_report(suite_name: str, results_dir: Path) -> Path:
         lines += [f"Machine: {machine['processor']}, {machine['cpu_count']} CPUs, torch {machine['torch']}"
                   f"{', GPU ' + machine['gpu'] if machine.get('gpu') else ', no GPU'}; commits {', '.join(commits)}.", ""]
         lines += ["## Conflict: per-task scores (test split, ×100)", ""] + _conflict_table(records, methods, tasks)
+        scored = min(t.get("max_eval") or 10**9 for t in suite["config"]["tasks"])
+        if scored < 10**9:  # one seed and small test samples: say how far apart two scores must be to mean much
+            half_width = 100 * 1.96 * (0.25 / scored) ** 0.5
+            lines += ["", f"One seed, {scored} scored examples per task: an accuracy near 50% has a 95% interval of "
+                      f"±{half_width:.1f} points, so smaller gaps between two methods on one task are noise."]
         lines += ["", "![per-task scores](per_task.png)", ""]
         _per_task_plot(results_dir / "per_task.png", records, methods, tasks)
         averages = [100 * records[m]["average"] for m in methods]
@@ -180,6 +185,7 @@ def write_report(suite_name: str, results_dir: Path) -> Path:
             lines += ["", "![oblivion](oblivion.png)"]
         lines += ["", "Δ: change against the base model (points ×100; perplexity: absolute). The adapted model is "
                   "run with the mean task embedding (MoORE, MTL-LoRA) or as it is (the others).", ""]
+        lines += _oblivion_verdict(records, methods, zero_names)
 
     ablation = [(m, label) for m, label in ABLATION if m in records]
     if len(ablation) > 1:
@@ -243,3 +249,27 @@ def _verdict(records: dict, methods: list[str], tasks: list[str]) -> list[str]:
     if per_task:
         lines.append("Tasks where a peer scores higher than MoORE-L8 — " + "; ".join(per_task) + ".")
     return lines + [""]
+
+
+def _oblivion_verdict(records: dict, methods: list[str], zero_names: list[str]) -> list[str]:
+    """Per zero-shot task: the peers that kept more of the base model's skill than MoORE-L8."""
+    if "moore-L8" not in records:
+        return []
+    peers = [m for m in methods if not m.startswith("moore")]
+    lines = []
+    for z in zero_names:
+        metric = get_task(z).metric
+        sign = -1 if metric in LOWER_IS_BETTER else 1
+
+        def value(m, z=z, metric=metric):
+            return records[m].get("zero_shot", {}).get(z, {}).get(metric)
+
+        mine = value("moore-L8")
+        if mine is None:
+            continue
+        ahead = [m for m in peers if value(m) is not None and sign * value(m) > sign * mine]
+        shown = ", ".join(f"{m} ({_score(value(m), metric)})" for m in ahead)
+        lines.append(f"**Where MoORE loses (oblivion, {z}):** {shown} kept more than MoORE-L8 "
+                     f"({_score(mine, metric)})." if ahead else
+                     f"On {z}, MoORE-L8 ({_score(mine, metric)}) kept the most of the methods run.")
+    return lines + [""] if lines else []
