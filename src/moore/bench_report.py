@@ -190,12 +190,15 @@ def write_report(suite_name: str, results_dir: Path) -> Path:
     ablation = [(m, label) for m, label in ABLATION if m in records]
     if len(ablation) > 1:
         lines += ["## Ablation (paper Table 13)", ""]
-        header = "| variant | #params | " + " | ".join(tasks) + " | average |"
-        lines += [header, "|---|---|" + "---|" * (len(tasks) + 1)]
+        header = "| variant | #params | " + " | ".join(tasks) + " | average | " + " | ".join(
+            f"zero-shot {z} ({get_task(z).metric})" for z in zero_names) + " |"
+        lines += [header, "|---|---|" + "---|" * (len(tasks) + 1 + len(zero_names))]
         for m, label in ablation:
             r = records[m]
+            zero = [_score(r.get("zero_shot", {}).get(z, {}).get(get_task(z).metric), get_task(z).metric)
+                    for z in zero_names]
             lines.append(f"| {label} | {r['trainable_parameters']:,d} | " + " | ".join(
-                _pct(_primary(r, t)[1]) for t in tasks) + f" | {_pct(r['average'])} |")
+                _pct(_primary(r, t)[1]) for t in tasks) + f" | {_pct(r['average'])} | " + " | ".join(zero) + " |")
         lines.append("")
 
     routing = records.get("moore-L8", {}).get("routing")
