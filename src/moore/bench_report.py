@@ -33,6 +33,11 @@ def _primary(record: dict, task: str) -> tuple[str, float | None]:
     return metric, record.get("scores", {}).get(task, {}).get(metric)
 
 
+def _zero_shot(record: dict, task: str) -> float | None:
+    """A record's zero-shot score on a task's primary metric, or None."""
+    return record.get("zero_shot", {}).get(task, {}).get(get_task(task).metric)
+
+
 def _conflict_table(records: dict, methods: list[str], tasks: list[str]) -> list[str]:
     header = "| method | #params (% of base) | " + " | ".join(
         f"{t} ({get_task(t).metric})" for t in tasks) + " | average |"
@@ -135,8 +140,9 @@ def write_report(suite_name: str, results_dir: Path) -> Path:
         lines += [f"Machine: {machine['processor']}, {machine['cpu_count']} CPUs, torch {machine['torch']}"
                   f"{', GPU ' + machine['gpu'] if machine.get('gpu') else ', no GPU'}; commits {', '.join(commits)}.", ""]
         lines += ["## Conflict: per-task scores (test split, ×100)", ""] + _conflict_table(records, methods, tasks)
-        scored = min(t.get("max_eval") or 10**9 for t in suite["config"]["tasks"])
-        if scored < 10**9:  # one seed and small test samples: say how far apart two scores must be to mean much
+        sizes = [t["max_eval"] for t in suite["config"]["tasks"] if t.get("max_eval")]
+        if sizes:  # one seed and small test samples: say how far apart two scores must be to mean much
+            scored = min(sizes)
             half_width = 100 * 1.96 * (0.25 / scored) ** 0.5
             lines += ["", f"One seed, {scored} scored examples per task: an accuracy near 50% has a 95% interval of "
                       f"±{half_width:.1f} points, so smaller gaps between two methods on one task are noise."]
@@ -159,14 +165,13 @@ def write_report(suite_name: str, results_dir: Path) -> Path:
                 _score(published.get(z, {}).get(get_task(z).metric), get_task(z).metric) for z in zero_names) + " |")
         if base:
             lines.append("| **base model (measured here)** | " + " | ".join(
-                _score(base["zero_shot"].get(z, {}).get(get_task(z).metric), get_task(z).metric) for z in zero_names)
+                _score(_zero_shot(base, z), get_task(z).metric) for z in zero_names)
                 + " |")
         for m in methods:
             cells = []
             for z in zero_names:
                 metric = get_task(z).metric
-                value = records[m].get("zero_shot", {}).get(z, {}).get(metric)
-                ref = base.get("zero_shot", {}).get(z, {}).get(metric) if base else None
+                value, ref = _zero_shot(records[m], z), _zero_shot(base, z)
                 delta = ""
                 if value is not None and ref is not None:
                     d = (value - ref) if metric in LOWER_IS_BETTER else 100 * (value - ref)
@@ -175,10 +180,10 @@ def write_report(suite_name: str, results_dir: Path) -> Path:
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         first = zero_names[0]
         metric = get_task(first).metric
-        values = [records[m].get("zero_shot", {}).get(first, {}).get(metric) for m in methods]
+        values = [_zero_shot(records[m], first) for m in methods]
         if all(v is not None for v in values):
             scale = 1 if metric in LOWER_IS_BETTER else 100
-            ref = base.get("zero_shot", {}).get(first, {}).get(metric) if base else None
+            ref = _zero_shot(base, first)
             _bar_plot(results_dir / "oblivion.png", methods, [scale * v for v in values],
                       f"Oblivion: zero-shot {first} {metric} after multi-task adaptation", f"{metric}",
                       None if ref is None else scale * ref, "base model")
@@ -195,8 +200,7 @@ def write_report(suite_name: str, results_dir: Path) -> Path:
         lines += [header, "|---|---|" + "---|" * (len(tasks) + 1 + len(zero_names))]
         for m, label in ablation:
             r = records[m]
-            zero = [_score(r.get("zero_shot", {}).get(z, {}).get(get_task(z).metric), get_task(z).metric)
-                    for z in zero_names]
+            zero = [_score(_zero_shot(r, z), get_task(z).metric) for z in zero_names]
             lines.append(f"| {label} | {r['trainable_parameters']:,d} | " + " | ".join(
                 _pct(_primary(r, t)[1]) for t in tasks) + f" | {_pct(r['average'])} | " + " | ".join(zero) + " |")
         lines.append("")
@@ -263,15 +267,12 @@ def _oblivion_verdict(records: dict, methods: list[str], zero_names: list[str]) 
     for z in zero_names:
         metric = get_task(z).metric
         sign = -1 if metric in LOWER_IS_BETTER else 1
-
-        def value(m, z=z, metric=metric):
-            return records[m].get("zero_shot", {}).get(z, {}).get(metric)
-
-        mine = value("moore-L8")
+        values = {m: _zero_shot(records[m], z) for m in [*peers, "moore-L8"]}
+        mine = values["moore-L8"]
         if mine is None:
             continue
-        ahead = [m for m in peers if value(m) is not None and sign * value(m) > sign * mine]
-        shown = ", ".join(f"{m} ({_score(value(m), metric)})" for m in ahead)
+        ahead = [m for m in peers if values[m] is not None and sign * values[m] > sign * mine]
+        shown = ", ".join(f"{m} ({_score(values[m], metric)})" for m in ahead)
         lines.append(f"**Where MoORE loses (oblivion, {z}):** {shown} kept more than MoORE-L8 "
                      f"({_score(mine, metric)})." if ahead else
                      f"On {z}, MoORE-L8 ({_score(mine, metric)}) kept the most of the methods run.")

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import re
@@ -258,10 +260,8 @@ class MultiTaskModel(nn.Module):
             return self.adapted(**inputs, task_ids=task_ids, logits_to_keep=positions).logits
         return self.adapted(**inputs, task_ids=task_ids).logits[:, positions]
 
-    @property
-    def _keeps_logits(self) -> bool:
-        import inspect
-
+    @functools.cached_property
+    def _keeps_logits(self) -> bool:  # read once: the loss runs every micro-batch
         return "logits_to_keep" in inspect.signature(self.adapted.model.forward).parameters
 
     def count_units(self, batch: dict) -> int:
