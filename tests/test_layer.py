@@ -116,6 +116,31 @@ def test_clamp_option_applies_relu_to_singular_values():
         assert layer(x).abs().max() > 1
 
 
+def test_normalized_sample_router_gives_a_massive_activation_ordinary_offsets():
+    torch.manual_seed(0)
+    base = nn.Linear(12, 8)
+    plain, routing = make_layer(base, task_dim=0, sample_dim=4, num_reflections=2)
+    normed, _ = make_layer(base, task_dim=0, sample_dim=4, num_reflections=2, normalize_sample_router=True)
+    randomize(plain)
+    normed.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 3, 12)
+    with routing.use(torch.tensor([0])):
+        offsets = normed.expert_weights(x) - normed.s
+        # a token 500× larger (an LLM's attention sink) gets the same offsets, unlike the paper's router
+        assert torch.allclose(normed.expert_weights(500 * x) - normed.s, offsets, atol=1e-4)
+        plain_offsets = plain.expert_weights(500 * x) - plain.s
+        assert torch.allclose(plain_offsets, 500 * (plain.expert_weights(x) - plain.s), rtol=1e-3, atol=1e-4)
+        # the rest of the layer is the same equation: y = U diag(σ + g) Vᵀ H x + b with g from x / rms(x)
+        rms = x.pow(2).mean(-1, keepdim=True).sqrt()
+        sample_offsets = (x / rms) @ normed.sample_down.T @ normed.sample_up.T
+        assert torch.allclose(offsets, sample_offsets, atol=1e-5)
+        assert not torch.allclose(normed(x), plain(x), atol=1e-4)
+    fresh, routing = make_layer(base, normalize_sample_router=True)
+    with routing.use(torch.tensor([1])):
+        assert torch.allclose(fresh(x), base(x), atol=1e-5)  # still the identity at init
+    assert "normalize_sample_router=True" in repr(fresh)
+
+
 def test_router_parameters_stay_float32_in_bf16():
     base = nn.Linear(16, 16).to(torch.bfloat16)
     layer, routing = make_layer(base)

@@ -84,8 +84,16 @@ SUITES: dict[str, dict[str, Any]] = {
                            "zero_shot": [{"name": "wikitext2", "max_eval": 200}, {"name": "sst2", "max_eval": 150},
                                          {"name": "rte", "max_eval": 150}]},
         },
-        "methods": _methods(_MOORE_CSR, 4),
+        # moore-L8-rms is not in the paper: MoORE-L8 with the token-level router fed x / rms(x), which
+        # keeps SmolLM2's massive activations (its attention sink) from getting huge offsets
+        "methods": {**_methods(_MOORE_CSR, 4),
+                    "moore-L8-rms": {**_MOORE_CSR, "num_reflections": 8, "normalize_sample_router": True}},
+        "notes": "`moore-L8-rms` is not in the paper: MoORE-L8 whose token-level router sees x / rms(x) instead "
+                 "of x (`normalize_sample_router=True`). SmolLM2's first token carries a massive activation (its "
+                 "MLP input at layer 11 has norm ~3000 against a median of ~6), and the paper's linear router "
+                 "gives it offsets of the size of the singular values themselves.",
         "routing_layer": "model.layers.15.self_attn.q_proj",
+        "efficiency": {"batch_size": 8, "length": 128},
         "published_zero_shot": {},
         "subsampling": "400 training examples per task (fixed seed), 150 scored per task (test split); "
                        "60 optimizer steps of 8 (480 examples, under a third of an epoch); sequences cut at 160 "

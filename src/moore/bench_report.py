@@ -9,7 +9,7 @@ from .data.metrics import LOWER_IS_BETTER
 from .data.tasks import get_task
 
 METHOD_ORDER = ["full", "lora", "hra", "loramoe", "mixlora", "mosld", "hydralora", "mtl_lora", "omoe",
-                "moore-L0", "moore-L8"]
+                "moore-L0", "moore-L8", "moore-L8-rms"]
 ABLATION = [("ablation-task-only", "task routing only"), ("ablation-sample-only", "sample routing only"),
             ("ablation-reflections-only", "reflections only"), ("moore-L8", "all three (MoORE, L = 8)")]
 
@@ -131,6 +131,8 @@ def write_report(suite_name: str, results_dir: Path) -> Path:
              "(rank) is matched to MoORE-L8's trainable-parameter count (`moore.match_budget`); task heads (the same "
              "for every method) are not counted. Adapters train at learning rate 3e-4 (the reference code's), task "
              "heads at 3e-3; full fine-tuning trains every weight at 5e-5.", ""]
+    if suite.get("notes"):
+        lines += [suite["notes"], ""]
     if missing:
         lines += [f"Not run yet: {', '.join(missing)} (`moore bench {suite_name} --methods "
                   f"{','.join(missing)}` adds them).", ""]

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import statistics
 import time
 from pathlib import Path
@@ -84,9 +85,13 @@ def _measure(model: nn.Module, batch: dict, task_ids, repeats: int, train: bool 
     return result
 
 
-def measure_efficiency(suite_name: str, results_dir: Path, batch_size: int = 32, length: int = 64,
-                       repeats: int = 5) -> dict:
+def measure_efficiency(suite_name: str, results_dir: Path, batch_size: int | None = None,
+                       length: int | None = None, repeats: int = 5) -> dict:
+    """One row per method. The batch is the suite's ``efficiency`` setting (default 32 × 64); a
+    decoder's is smaller, as its logits over the vocabulary dominate a step's memory."""
     suite = SUITES[suite_name]
+    batch_size = batch_size or suite.get("efficiency", {}).get("batch_size", 32)
+    length = length or suite.get("efficiency", {}).get("length", 64)
     spec = suite["config"]["model"]
     base, tokenizer, kind = load_base_model(spec["name_or_path"])
     batch = _batch(kind, tokenizer, batch_size, length)
@@ -96,6 +101,7 @@ def measure_efficiency(suite_name: str, results_dir: Path, batch_size: int = 32,
     reference = copy.deepcopy(base)
     reference.requires_grad_(True)  # the base model's own training step: full fine-tuning cost
     rows["base (full model trains)"] = _measure(reference, batch, {}, repeats)
+    del reference
     frozen = copy.deepcopy(base).requires_grad_(False)
     rows["base"] = _measure(frozen, batch, {}, repeats, train=False)
     for method in suite["methods"]:
@@ -112,6 +118,7 @@ def measure_efficiency(suite_name: str, results_dir: Path, batch_size: int = 32,
                 dense = model.merge(task_id=0)
                 rows[method + " (merged for one task)"] = _measure(dense, batch, {}, repeats, train=False)
         del model
+        gc.collect()  # one method's model and optimizer state at a time: a 135M decoder × 12 would not fit
     ref_train = rows["base (full model trains)"]
     ref_infer = rows["base"]["inference_tokens_per_s"]
     for name, row in rows.items():

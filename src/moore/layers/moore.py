@@ -2,6 +2,7 @@
 
     W = U diag(σ) Vᵀ                                   (thin SVD, once, cached)
     g(x, k) = Pᵀ t_k + Qᵀ Γ x                           (hybrid router: task level + token level)
+              (or Qᵀ Γ x / rms(x) with ``normalize_sample_router``)
     H = Π_l (I − 2 r_l r_lᵀ / ‖r_l‖²)                  (orthogonal input adapter)
     y = U diag(σ + g(x, k)) Vᵀ H x + b
 
@@ -35,6 +36,11 @@ class MooreConfig(AdapterConfig):
         lets ``merge(task_id=k)`` produce one plain dense matrix per task.
     num_reflections: Householder reflections in H (L); must be even so that H = I at init.
     clamp_singular_values: use ReLU(σ + g) as the reference code does (the paper has no clamp).
+    normalize_sample_router: feed the token-level router x / rms(x) instead of x (not in the
+        paper). Decoder LLMs have "massive activations": a few tokens (often the first, the
+        attention sink) whose hidden state is hundreds of times larger than the rest. The
+        paper's linear router gives those tokens offsets hundreds of times larger too, which
+        shifts the attention sink and with it every later token (benchmarks/results/csr-mtl-mini).
     svd_dtype: precision of the one-off SVD, "float32" or "float64".
     """
 
@@ -44,6 +50,7 @@ class MooreConfig(AdapterConfig):
     sample_dim: int = 64
     num_reflections: int = 8
     clamp_singular_values: bool = False
+    normalize_sample_router: bool = False
     svd_dtype: str = "float32"
 
     def validate(self) -> None:
@@ -82,6 +89,7 @@ class MooreLinear(AdapterLayer):
         super().__init__(in_features, out_features, bias, layer_type, routing)
         self.rank = rank
         self.clamp_singular_values = config.clamp_singular_values
+        self.normalize_sample_router = config.normalize_sample_router
         self.register_buffer("u", u, persistent=False)  # (Dout, r)
         self.register_buffer("s", s, persistent=False)  # (r,)
         self.register_buffer("vh", vh, persistent=False)  # (r, Din), Vᵀ; Vᵀ H once merged
@@ -154,6 +162,10 @@ class MooreLinear(AdapterLayer):
         """σ + Pᵀ t_k + Qᵀ Γ x: (..., r), or (r,) with no routing; sample_proj = Γ x."""
         gate = self.s  # (r,)
         if sample_proj is not None:
+            if self.normalize_sample_router:
+                # Γ (x / rms(x)) = (Γ x) / rms(x): the same thin matmul, rescaled per token
+                rms = x.float().pow(2).mean(-1, keepdim=True).add(1e-6).sqrt().to(x.dtype)  # (..., 1)
+                sample_proj = sample_proj / rms
             gate = gate + F.linear(sample_proj, self.sample_up.to(x.dtype))  # (..., r)
         if self.task_embedding is not None:
             g_task = self.task_gate(self.task_ids_for(x)).to(x.dtype)  # (N or 1, r)
@@ -220,7 +232,8 @@ class MooreLinear(AdapterLayer):
         ds = 0 if self.sample_down is None else self.sample_down.shape[0]
         num_reflections = 0 if self.reflections is None else self.reflections.shape[0]
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
-                f"task_dim={dt}, sample_dim={ds}, num_reflections={num_reflections}, bias={self.bias is not None}")
+                f"task_dim={dt}, sample_dim={ds}, num_reflections={num_reflections}, bias={self.bias is not None}"
+                + (", normalize_sample_router=True" if self.normalize_sample_router else ""))
 
 
 register_method(MooreConfig, MooreLinear)
