@@ -80,3 +80,20 @@ def test_efficiency_rows_are_ratios_measured_side_by_side(tmp_path, monkeypatch)
     assert abs(rows["lora"]["trainable_parameters"] - rows["moore-L8"]["trainable_parameters"]) \
         <= 0.1 * rows["moore-L8"]["trainable_parameters"]
     assert json.loads((tmp_path / "efficiency.json").read_text())["rows"].keys() == rows.keys()
+
+
+def test_efficiency_verdict_names_the_cheaper_peers():
+    from moore.bench_report import _efficiency_verdict
+
+    rows = {"base (full model trains)": {"train_step_ratio": 1.0, "train_memory_ratio": 1.0, "inference_ratio": 0.9},
+            "base": {"inference_ratio": 1.0},
+            "moore-L8": {"train_step_ratio": 1.1, "train_memory_ratio": 0.5, "inference_ratio": 0.5},
+            "moore-L8 (merged)": {"inference_ratio": 0.7},
+            "lora": {"train_step_ratio": 0.8, "train_memory_ratio": 0.6, "inference_ratio": 0.8},
+            "omoe": {"train_step_ratio": 3.0, "train_memory_ratio": 7.0, "inference_ratio": 0.3},
+            "full": {"train_step_ratio": 0.9, "train_memory_ratio": 1.0, "inference_ratio": 1.0}}
+    text = "\n".join(_efficiency_verdict(rows))
+    assert "training step time):** lora (MoORE-L8: 1.10×)" in text  # full and base are not peers
+    assert "training memory" not in text  # no peer needs less than MoORE here
+    assert "inference speed (MoORE merged)):** lora (MoORE-L8: 0.70×)" in text  # merged is MoORE's best case
+    assert _efficiency_verdict({k: v for k, v in rows.items() if k != "moore-L8"}) == []

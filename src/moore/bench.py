@@ -93,7 +93,7 @@ SUITES: dict[str, dict[str, Any]] = {
                  "MLP input at layer 11 has norm ~3000 against a median of ~6), and the paper's linear router "
                  "gives it offsets of the size of the singular values themselves.",
         "routing_layer": "model.layers.15.self_attn.q_proj",
-        "efficiency": {"batch_size": 8, "length": 128},
+        "efficiency": {"batch_size": 4, "length": 128},  # OMoE needs ~20 GB at 8 × 128
         "published_zero_shot": {},
         "subsampling": "400 training examples per task (fixed seed), 150 scored per task (test split); "
                        "60 optimizer steps of 8 (480 examples, under a third of an epoch); sequences cut at 160 "

@@ -225,10 +225,14 @@ def write_report(suite_name: str, results_dir: Path) -> Path:
                   "optimizer state and the activations saved for backward. Inference is tokens/s relative to the "
                   "base model's forward (higher is faster).", "",
                   "| method | training step time | training memory | inference speed |", "|---|---|---|---|"]
-        for name, row in efficiency["rows"].items():
-            lines.append(f"| {name} | {row.get('train_step_ratio', float('nan')):.2f}× | "
-                         f"{row.get('train_memory_ratio', float('nan')):.2f}× | {row['inference_ratio']:.2f}× |")
-        lines.append("")
+        def ratio(row, key):
+            return f"{row[key]:.2f}×" if key in row else "— (inference only)"
+
+        rows = efficiency["rows"]
+        for name, row in rows.items():
+            lines.append(f"| {name} | {ratio(row, 'train_step_ratio')} | {ratio(row, 'train_memory_ratio')} | "
+                         f"{row['inference_ratio']:.2f}× |")
+        lines += [""] + _efficiency_verdict(rows)
 
     lines += ["## Raw results", "", "One JSON file per method in this folder: " + ", ".join(
         f"[{name}.json]({name}.json)" for name in records) + "."]
@@ -279,3 +283,24 @@ def _oblivion_verdict(records: dict, methods: list[str], zero_names: list[str]) 
                      f"({_score(mine, metric)})." if ahead else
                      f"On {z}, MoORE-L8 ({_score(mine, metric)}) kept the most of the methods run.")
     return lines + [""] if lines else []
+
+
+def _efficiency_verdict(rows: dict) -> list[str]:
+    """Which peers are cheaper than MoORE-L8 (its best case: merged, for inference)."""
+    if "moore-L8" not in rows:
+        return []
+    peers = [m for m in rows if not m.startswith(("moore", "base", "full"))]
+    moore = rows["moore-L8"]
+    infer = rows.get("moore-L8 (merged)", moore)["inference_ratio"]
+    out = []
+    for key, label in (("train_step_ratio", "training step time"), ("train_memory_ratio", "training memory"),
+                       ("inference_ratio", "inference speed (MoORE merged)")):
+        mine = infer if key == "inference_ratio" else moore.get(key)
+        if mine is None:
+            continue
+        higher_is_better = key == "inference_ratio"
+        ahead = [m for m in peers if key in rows[m] and (rows[m][key] > mine if higher_is_better else rows[m][key] < mine)]
+        if ahead:
+            out.append(f"**Where MoORE loses (efficiency, {label}):** {', '.join(ahead)} (MoORE-L8: {mine:.2f}×).")
+    return out + [""] if out else []
+
