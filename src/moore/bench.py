@@ -84,8 +84,6 @@ SUITES: dict[str, dict[str, Any]] = {
                            "zero_shot": [{"name": "wikitext2", "max_eval": 200}, {"name": "sst2", "max_eval": 150},
                                          {"name": "rte", "max_eval": 150}]},
         },
-        # moore-L8-rms is not in the paper: MoORE-L8 with the token-level router fed x / rms(x), which
-        # keeps SmolLM2's massive activations (its attention sink) from getting huge offsets
         "methods": {**_methods(_MOORE_CSR, 4),
                     "moore-L8-rms": {**_MOORE_CSR, "num_reflections": 8, "normalize_sample_router": True}},
         "notes": "`moore-L8-rms` is not in the paper: MoORE-L8 whose token-level router sees x / rms(x) instead "
