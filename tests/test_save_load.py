@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 import moore
 from helpers import build, inputs, perturb_adapter, tiny_llama
+from moore.errors import AdapterFileError
 
 CONFIG = dict(num_tasks=3, task_dim=8, sample_dim=4, num_reflections=4)
 
@@ -98,7 +99,7 @@ def test_refuses_another_base_model(tmp_path):
         moore.MooreModel.from_pretrained(build("llama"), tmp_path, svd_cache_dir=None)
     with pytest.raises(ValueError, match="saved for another base model"):
         moore.MooreModel.from_pretrained(build("qwen2"), tmp_path, svd_cache_dir=None)
-    with pytest.raises(FileNotFoundError, match="not a saved moore adapter"):
+    with pytest.raises(AdapterFileError, match="not a saved moore adapter"):
         moore.MooreModel.from_pretrained(build("llama"), tmp_path / "nowhere")
 
 

@@ -200,8 +200,8 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(world, tmp_path):
         base["output_dir"] = str(tmp_path / name)
         write_config(tmp_path / f"{name}.yaml", base)
     moore_cli("train", tmp_path / "straight.yaml", "--no-progress")
-    killed = moore_cli("train", tmp_path / "killed.yaml", "--no-progress", env={"MOORE_KILL_AFTER_STEP": "4"},
-                       check=False)
+    killed = moore_cli("train", tmp_path / "killed.yaml", "--no-progress", check=False,
+                       launcher=[sys.executable, str(Path(__file__).parent / "kill_after_checkpoint.py"), "4"])
     assert killed.returncode != 0 and not (tmp_path / "killed" / "final").exists()
     assert (tmp_path / "killed" / "checkpoints" / "step-0000004").is_dir()
     resumed = moore_cli("train", tmp_path / "killed.yaml", "--no-progress", "--resume")

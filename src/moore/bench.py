@@ -134,7 +134,7 @@ def resolve_adapter(suite: dict, name: str, base_model) -> tuple[dict, dict]:
 
 def run_method(suite_name: str, method: str, results_dir: Path, runs_dir: Path, data_dir: Path | None,
                progress: bool = True) -> dict:
-    from .multitask import load_base_model
+    from .hub import load_base_model
     from .runconfig import load_run_config
     from .training import Trainer
 

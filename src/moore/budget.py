@@ -13,20 +13,34 @@ from torch import nn
 from .config import AdapterConfig
 from .layers.base import linear_weight
 from .model import find_target_modules
+from .svd import numerical_rank
 
 # the field each method grows with, in the paper's comparisons
 SIZE_FIELDS = {"moore": "task_dim", "lora": "r", "hra": "r", "loramoe": "r", "mixlora": "r", "mosld": "r",
                "hydralora": "r", "mtl_lora": "r", "omoe": "r"}
 
 
-def count_trainable_parameters(model: nn.Module, config: AdapterConfig) -> int:
-    """What ``get_moore_model(model, config)`` would train (modules_to_save aside)."""
+def count_trainable_parameters(model: nn.Module, config: AdapterConfig, *,
+                               _ranks: dict[tuple[str, str], int] | None = None) -> int:
+    """What ``get_moore_model(model, config)`` would train (modules_to_save aside).
+
+    For methods whose size depends on a weight's numerical rank (MoORE drops directions with
+    σ ≈ 0), the rank comes from the weight's singular values (``_ranks`` keeps them across the
+    many counts of one ``match_budget``)."""
     if getattr(config, "trains_base_model", False):
         return sum(p.numel() for p in model.parameters())
+    ranks = {} if _ranks is None else _ranks
     total = 0
     for name in find_target_modules(model, config):
-        dout, din = linear_weight(model.get_submodule(name)).shape
-        total += config.trainable_parameters_per_layer(din, dout, module_name=name)
+        weight = linear_weight(model.get_submodule(name))
+        dout, din = weight.shape
+        extra = {}
+        if config.counts_numerical_rank:
+            key = (name, config.svd_dtype)
+            if key not in ranks:
+                ranks[key] = numerical_rank(weight, config.svd_dtype)
+            extra["rank"] = ranks[key]
+        total += config.trainable_parameters_per_layer(din, dout, module_name=name, **extra)
     return total
 
 
@@ -42,9 +56,11 @@ def match_budget(model: nn.Module, config: AdapterConfig, budget: int, field: st
     if field is None:
         raise ValueError(f"method {config.method!r} has no size field to match a budget with")
 
+    ranks: dict[tuple[str, str], int] = {}
+
     def count(value: int) -> int | None:
         try:
-            return count_trainable_parameters(model, dataclasses.replace(config, **{field: value}))
+            return count_trainable_parameters(model, dataclasses.replace(config, **{field: value}), _ranks=ranks)
         except ValueError:
             return None
 

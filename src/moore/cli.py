@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -42,9 +43,32 @@ DEMO_CONFIG = {
 }
 
 
+_DEBUG = {"on": bool(os.environ.get("MOORE_DEBUG"))}
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option("--debug", help="show the full traceback of any error")] = False
+             ) -> None:
+    _DEBUG["on"] = _DEBUG["on"] or debug
+
+
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+@contextmanager
+def _user_errors():
+    """The library's user-facing errors (``MooreError``) become one message and exit code 2; anything
+    else is a bug and keeps its traceback. ``--debug`` shows the traceback of both."""
+    from .errors import MooreError
+
+    try:
+        yield
+    except MooreError as e:
+        if _DEBUG["on"]:
+            raise
+        _fail(str(e))
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -60,23 +84,23 @@ def train(
     config: Annotated[Path, typer.Argument(help="the run's YAML config")],
     data_dir: DataDir = None,
     output_dir: Annotated[Optional[Path], typer.Option(help="where checkpoints and results go")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="continue from the latest checkpoint in the output dir")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in the output dir from its latest "
+                                         "checkpoint (the config must be the same)")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace the run in a non-empty output dir")] = False,
     override: Annotated[Optional[list[str]], typer.Option("--override", "-o", help="key.sub=value, e.g. training.steps=50")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 (default: the process's GPU if any)")] = None,
     progress: Annotated[bool, typer.Option(help="tqdm progress bars")] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Adapt a base model to several tasks at once (or in stages), then score each task."""
-    from .data.tasks import MissingDataError
-    from .runconfig import ConfigError, load_run_config
+    from .runconfig import load_run_config
     from .training import train as run_training
 
     _setup_logging(verbose)
-    try:
+    with _user_errors():
         cfg = load_run_config(config, override)
-        run_training(cfg, data_dir=data_dir, output_dir=output_dir, resume=resume, progress=progress, device=device)
-    except (ConfigError, MissingDataError) as e:
-        _fail(str(e))
+        run_training(cfg, data_dir=data_dir, output_dir=output_dir, resume=resume, overwrite=overwrite,
+                     progress=progress, device=device)
 
 
 @app.command()
@@ -90,8 +114,7 @@ def demo(
     """A short real run: MoORE on MiniLM, SST-2 + CoLA + QNLI at once; scores before and after."""
     import yaml
 
-    from .data.tasks import MissingDataError
-    from .runconfig import ConfigError, load_run_config
+    from .runconfig import load_run_config
     from .training import train as run_training
 
     data = json.loads(json.dumps(DEMO_CONFIG))
@@ -103,11 +126,9 @@ def demo(
     if data_dir is None and not os.environ.get("MOORE_DATA_DIR"):
         guess = Path(__file__).resolve().parents[3] / "shared" / "data"
         data_dir = guess if guess.is_dir() else Path("../shared/data")
-    try:
+    with _user_errors():
         cfg = load_run_config(data=data)
-        run_training(cfg, data_dir=data_dir, output_dir=output_dir, progress=progress)
-    except (ConfigError, MissingDataError) as e:
-        _fail(str(e))
+        run_training(cfg, data_dir=data_dir, output_dir=output_dir, overwrite=True, progress=progress)
 
 
 @app.command()
@@ -164,10 +185,14 @@ def evaluate(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Score a trained adapter task by task."""
-    from .data.tasks import MissingDataError, default_data_dir, get_task
+    from pydantic import ValidationError
+
+    from .data.tasks import default_data_dir, get_task
+    from .errors import AdapterFileError, ConfigError
     from .evaluation import evaluate_tasks, scores_table
-    from .multitask import MultiTaskModel
-    from .runconfig import ConfigError, TaskSpec, check_data
+    from .io import write_json
+    from .multitask import TASKS_NAME, MultiTaskModel
+    from .runconfig import TaskSpec, check_data
 
     _setup_logging(verbose)
     if split not in ("validation", "test"):
@@ -175,38 +200,43 @@ def evaluate(
     if scoring not in ("loglik", "generate"):
         _fail(f"--scoring must be loglik or generate, got {scoring!r}")
     directory = _adapter_dir(path)
-    meta = MultiTaskModel.read_metadata(directory)
-    specs = [TaskSpec.model_validate(s) for s in meta["tasks"]]
-    all_tasks = [s.build() for s in specs]
-    wanted = [t.strip() for t in tasks.split(",")] if tasks else [t.name for t in all_tasks]
-    unknown = sorted(set(wanted) - {t.name for t in all_tasks})
-    if unknown:
-        _fail(f"{directory} was not trained on {unknown}; its tasks are {[t.name for t in all_tasks]} "
-              "(score other tasks with --zero-shot)")
-    extra = [get_task(n.strip()) for n in zero_shot.split(",")] if zero_shot else []
-    data_dir = data_dir or default_data_dir()
-    selected = [t for t in all_tasks if t.name in wanted]
-    try:
+    with _user_errors():
+        meta = MultiTaskModel.read_metadata(directory)
+        try:
+            specs = [TaskSpec.model_validate(s) for s in meta["tasks"]]
+        except ValidationError as e:
+            raise AdapterFileError(f"{directory / TASKS_NAME}: a task entry is invalid "
+                                   f"({e.errors()[0]['msg']})") from None
+        all_tasks = [s.build() for s in specs]
+        wanted = [t.strip() for t in tasks.split(",")] if tasks else [t.name for t in all_tasks]
+        unknown = sorted(set(wanted) - {t.name for t in all_tasks})
+        if unknown:
+            raise ConfigError(f"{directory} was not trained on {unknown}; its tasks are "
+                              f"{[t.name for t in all_tasks]} (score other tasks with --zero-shot)")
+        try:
+            extra = [get_task(n.strip()) for n in zero_shot.split(",")] if zero_shot else []
+        except ValueError as e:
+            raise ConfigError(f"--zero-shot: {e}") from None
+        data_dir = data_dir or default_data_dir()
+        selected = [t for t in all_tasks if t.name in wanted]
         check_data(selected + extra, data_dir, (split,))
-        model = MultiTaskModel.load(directory, all_tasks)
         limits = {s.name: s.max_eval for s in specs}
         data = {t.name: (t, t.load(data_dir, split, limit=max_eval or limits.get(t.name))) for t in selected}
+        zs_data = {t.name: (t, t.load(data_dir, split, limit=max_eval)) for t in extra}
+        model = MultiTaskModel.load(directory, all_tasks)
         results = evaluate_tasks(model, data, batch_size=batch_size, scoring=scoring,
                                  max_new_tokens=max_new_tokens, progress=True)
         zs = {}
         if extra:
-            zs_data = {t.name: (t, t.load(data_dir, split, limit=max_eval)) for t in extra}
             zs = evaluate_tasks(model, zs_data, batch_size=batch_size, scoring=scoring,
                                 max_new_tokens=max_new_tokens, task_id=None, progress=True)
-    except (ConfigError, MissingDataError) as e:
-        _fail(str(e))
     typer.echo(f"{directory} — {split} split\n")
     typer.echo(scores_table({"score": results}, selected))
     if zs:
         typer.echo("\nzero-shot (unseen-task embedding):\n")
         typer.echo(scores_table({"score": zs}, extra))
     if output:
-        output.write_text(json.dumps({"split": split, "scores": results, "zero_shot": zs}, indent=2) + "\n")
+        write_json(output, {"split": split, "scores": results, "zero_shot": zs})
 
 
 @app.command()
@@ -216,13 +246,19 @@ def info(path: Annotated[Path, typer.Argument(help="a saved adapter folder or a 
 
     from .model import MooreModel
 
+    from .errors import AdapterFileError
+
     directory = _adapter_dir(path)
-    meta = MooreModel.read_metadata(directory)
+    with _user_errors():
+        meta = MooreModel.read_metadata(directory)
+        weights = directory / "adapter_model.safetensors"
+        try:
+            with safe_open(str(weights), "pt") as f:
+                count = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+        except Exception as e:  # safetensors raises its own error types for a damaged header
+            raise AdapterFileError(f"{weights} is missing, truncated or not a safetensors file ({e})") from None
     config, base = dict(meta["config"]), meta.get("base_model", {})
     method = config.pop("method")
-    weights = directory / "adapter_model.safetensors"
-    with safe_open(str(weights), "pt") as f:
-        count = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
     lines = [
         f"adapter:        {directory}",
         f"method:         {method}  (moore {meta.get('moore_version', '?')})",

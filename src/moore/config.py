@@ -36,6 +36,8 @@ class AdapterConfig:
 
     method: ClassVar[str] = ""
     layer_cls: ClassVar[type]  # set by register_method
+    # True when trainable_parameters_per_layer needs rank=, the weight's numerical rank
+    counts_numerical_rank: ClassVar[bool] = False
 
     num_tasks: int = 1
     target_modules: list[str] | str = "all-linear"

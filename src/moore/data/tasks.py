@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import DataError, MissingDataError
 from .metrics import KNOWN_METRICS
 
 Example = dict[str, Any]
@@ -37,10 +38,6 @@ ALPACA_TEMPLATE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes "
     "the request.\n\n### Instruction:\n{prompt}\n\n### Response:\n"
 )
-
-
-class MissingDataError(FileNotFoundError):
-    """A task's data file is not in the data directory (and the hub was not an option)."""
 
 
 @dataclass(frozen=True)
@@ -90,11 +87,15 @@ class Task:
 
     def load(self, data_dir: str | os.PathLike | None, split: str, *, limit: int | None = None,
              seed: int = 0) -> list[Example]:
-        """The split's examples; ``limit`` takes a fixed random subset (the same for a given seed)."""
+        """The split's examples; ``limit`` takes a fixed random subset (the same for a given seed).
+
+        A file that cannot be read as this task needs raises ``DataError`` naming the file (and the
+        line, where the reader knows it): bad JSON or text encoding, no examples, labels out of range."""
         paths = self.paths(data_dir, split)
         missing = [p for p in paths if not p.is_file()]
+        where = ", ".join(map(str, paths))
         if missing and self.hub is not None and _hub_reachable():
-            examples = self.hub(split)
+            examples, where = self.hub(split), f"the hub's {self.name}"
         elif missing:
             hint = " (or install `datasets` and go online to fetch it from the hub)" if self.hub else ""
             raise MissingDataError(
@@ -102,8 +103,19 @@ class Task:
                 f"to the folder that holds it{hint}"
             )
         else:
-            examples = self.reader(paths, split)
+            try:
+                examples = self.reader(paths, split)
+            except DataError:
+                raise
+            except (ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError, csv.Error) as e:
+                raise DataError(f"{where}: cannot read it as task {self.name!r} ({type(e).__name__}: {e})") from None
+        if not examples:
+            raise DataError(f"{where}: no examples for task {self.name!r} ({split} split)")
+        check_examples(self, examples, where)
         if split == self.holdout or (split == "train" and self.holdout):
+            if len(examples) < 10:
+                raise DataError(f"{where}: {len(examples)} examples are too few to hold out a {self.holdout} set "
+                                f"for task {self.name!r} (10 or more needed); give a {self.holdout} file")
             examples = _split_holdout(examples, split == self.holdout)
         if limit is not None and limit < len(examples) and self.kind == "language_modeling":
             examples = examples[:limit]  # running text: keep it contiguous
@@ -122,6 +134,35 @@ def check_metrics(task: str, metrics) -> None:
     unknown = [m for m in metrics if m not in KNOWN_METRICS]
     if unknown:
         raise ValueError(f"task {task!r}: unknown metric(s) {unknown}; known: {KNOWN_METRICS}")
+
+
+def check_examples(task: Task, examples: list[Example], where: str) -> None:
+    """Every example fits the task: text is text, labels are classes in range, scores are numbers."""
+    def fail(i: int, problem: str) -> None:
+        line = examples[i].get("_line") if isinstance(examples[i], dict) else None
+        raise DataError(f"{where}{f':{line}' if line else f' (example {i + 1})'}: {problem}")
+
+    for i, e in enumerate(examples):
+        text_keys = ("prompt",) if task.kind == "multiple_choice" else ("text",) + (("text_pair",) if "text_pair" in e else ())
+        for key in text_keys:
+            if not isinstance(e.get(key), str):
+                fail(i, f"{key} must be a string, got {type(e.get(key)).__name__}")
+        if task.kind == "language_modeling":
+            continue
+        label = e.get("label")
+        if task.kind == "regression":
+            if isinstance(label, bool) or not isinstance(label, (int, float)) or label != label or abs(label) == float("inf"):
+                fail(i, f"the score {label!r} is not a finite number")
+            continue
+        classes = len(e["options"]) if task.kind == "multiple_choice" else task.num_labels
+        if isinstance(label, bool) or not isinstance(label, int):
+            fail(i, f"label {label!r} is not a class: give an integer index or one of label_names {list(task.label_names)}"
+                 if task.kind == "classification" else f"label {label!r} is not an option or an option index")
+        if not 0 <= label < classes:
+            fail(i, f"label {label} is out of range: task {task.name!r} has {classes} "
+                 + (f"classes {list(task.label_names)}" if task.kind == "classification" else "options"))
+    for e in examples:
+        e.pop("_line", None)
 
 
 def _split_holdout(examples: list[Example], held_out: bool) -> list[Example]:
@@ -223,37 +264,66 @@ def read_wikitext(paths: list[Path], split: str) -> list[Example]:
     return [{"text": line.strip()} for p in paths for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def read_text_lines(path: Path) -> list[str]:
+    """A text file's lines; a DataError naming the file and line for a BOM or bytes that are not UTF-8."""
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise DataError(f"{path}:1: the file starts with a UTF-8 byte-order mark (BOM), which JSON Lines does "
+                        "not allow; save it as UTF-8 without BOM")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8") from None
+    return text.splitlines()
+
+
 def read_jsonl(text_field: str, text_pair_field: str | None, label_field: str | None, kind: str,
                label_names: tuple[str, ...], options_field: str | None):
-    """A reader for a user's JSONL task; string labels are mapped through label_names."""
+    """A reader for a user's JSONL task; string labels are mapped through label_names. Each example
+    remembers its line (``_line``) until ``check_examples`` has seen it, so errors name it."""
 
     def read(paths: list[Path], split: str) -> list[Example]:
         out = []
         for path in paths:
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for number, line in enumerate(read_text_lines(path), 1):
                 if not line.strip():
                     continue
-                row = json.loads(line)
                 where = f"{path}:{number}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{where}: expected a JSON object, found {type(row).__name__}")
                 needed = (text_field,) if kind == "language_modeling" else (text_field, label_field, text_pair_field,
                                                                              options_field)
                 missing = [f for f in needed if f and f not in row]
                 if missing:
-                    raise ValueError(f"{where}: no field(s) {missing}; the line has {sorted(row)}")
+                    raise DataError(f"{where}: no field(s) {missing}; the line has {sorted(row)}")
                 if kind == "language_modeling":
-                    out.append({"text": row[text_field]})
+                    out.append({"text": row[text_field], "_line": number})
                     continue
                 label = row[label_field]
                 if kind == "multiple_choice":
+                    if not isinstance(row[options_field], list) or len(row[options_field]) < 2:
+                        raise DataError(f"{where}: {options_field} must be a list of at least two options")
                     options = [str(o) for o in row[options_field]]
-                    index = options.index(str(label)) if str(label) in options else int(label)
-                    out.append({"prompt": row[text_field], "options": options, "label": index})
+                    index = options.index(label) if isinstance(label, str) and label in options else label
+                    if isinstance(index, str):
+                        raise DataError(f"{where}: answer {label!r} is not one of the options {options}")
+                    out.append({"prompt": row[text_field], "options": options, "label": index, "_line": number})
                     continue
                 if kind == "classification" and isinstance(label, str):
                     if label not in label_names:
-                        raise ValueError(f"{where}: label {label!r} is not one of label_names {list(label_names)}")
+                        raise DataError(f"{where}: label {label!r} is not one of label_names {list(label_names)}")
                     label = label_names.index(label)
-                example = {"text": row[text_field], "label": float(label) if kind == "regression" else int(label)}
+                if kind == "regression" and isinstance(label, (str, int)) and not isinstance(label, bool):
+                    try:
+                        label = float(label)
+                    except ValueError:
+                        raise DataError(f"{where}: the score {label!r} is not a number") from None
+                example = {"text": row[text_field], "label": label, "_line": number}
                 if text_pair_field:
                     example["text_pair"] = row[text_pair_field]
                 out.append(example)

@@ -45,6 +45,7 @@ class MooreConfig(AdapterConfig):
     """
 
     method: ClassVar[str] = "moore"
+    counts_numerical_rank: ClassVar[bool] = True  # a layer's size depends on its weight's rank
 
     task_dim: int = 128
     sample_dim: int = 64
@@ -115,9 +116,9 @@ class MooreLinear(AdapterLayer):
 
     @classmethod
     def from_base(cls, base_layer: nn.Module, config: MooreConfig, routing: TaskRouting, *,
-                  svd_cache_dir=None, **_) -> "MooreLinear":
+                  svd_cache_dir=None, module_name: str = "", **_) -> "MooreLinear":
         weight = linear_weight(base_layer)
-        u, s, vh = cached_svd(weight, config.svd_dtype, svd_cache_dir)
+        u, s, vh = cached_svd(weight, config.svd_dtype, svd_cache_dir, name=f"the weight of {module_name or 'the layer'}")
         layer_type = "linear" if isinstance(base_layer, nn.Linear) else "conv1d"
         return cls(u, s, vh, base_layer.bias, config, routing, layer_type)
 

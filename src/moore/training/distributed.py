@@ -38,6 +38,30 @@ class DistributedContext:
         return t.tolist()
 
 
+    def broadcast_object(self, value):
+        """Rank 0's value on every rank (evaluation results, decisions taken on rank 0)."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather_object(self, value) -> list:
+        """Every rank's value, in rank order, on every rank."""
+        if not self.enabled:
+            return [value]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
+
+    @torch.no_grad()
+    def broadcast_tensors(self, tensors) -> None:
+        """Overwrite each tensor in place with rank 0's copy (weights rank 0 restored from disk)."""
+        if self.enabled:
+            for t in tensors:
+                dist.broadcast(t.data, src=0)
+
+
 def init_distributed(device: str | None = None) -> DistributedContext:
     """The process group from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), or one process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import signal
+import math
 import time
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,74 +30,61 @@ from ..evaluation import (
     primary_average,
     scores_table,
 )
+from ..errors import RunFolderError, TrainingDivergedError
+from ..hub import check_model_source
 from ..io import write_json
 from ..multitask import MultiTaskModel
-from ..runconfig import RunConfig, build_tasks, check_data
+from ..runconfig import ConfigError, RunConfig, build_tasks, check_data
+from .checkpoints import (
+    CONFIG_NAME,
+    LOG_NAME,
+    STATE_NAME,
+    JsonlLog,
+    RunLock,
+    config_differences,
+    latest_checkpoint,
+    prepare_output_dir,
+    prune_checkpoints,
+    replace_dir,
+)
 from .distributed import DistributedContext, init_distributed, shutdown
 from .mixing import TaskMixer
 from .schedules import lr_multiplier
 
 logger = logging.getLogger(__name__)
 
-STATE_NAME = "trainer_state.pt"
-KILL_ENV = "MOORE_KILL_AFTER_STEP"  # tests: SIGKILL this process right after that step's checkpoint
 
 
-class JsonlLogger:
-    """Appends one JSON object per line; on resume, drops what came after the checkpoint."""
+@dataclass
+class TrainerState:
+    """Where a run is: what a checkpoint holds besides the weights (plain data, loads with weights_only)."""
 
-    def __init__(self, path: Path, enabled: bool, tensorboard: bool = False):
-        self.path, self.enabled = path, enabled
-        self.writer = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+    global_step: int = 0
+    stage: int = 0
+    stage_step: int = 0
+    best_score: float | None = None
+    best_step: int | None = None
+    stage_results: list[dict] = field(default_factory=list)  # the test scores after each stage
+    before: dict | None = None  # the test scores before training
+    zero_shot_before: dict | None = None
+    world_size: int = 1
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    mixer: dict | None = None
+    rng: list[torch.Tensor] | None = None  # each rank's CPU generator state
+    cuda_rng: list[torch.Tensor] | None = None  # each rank's CUDA generator state, on GPUs
 
-                self.writer = SummaryWriter(str(path.parent / "tensorboard"))
-            except ImportError:
-                logger.warning("tensorboard is not installed (pip install tensorboard); logging to JSONL only")
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainerState":
+        known = {f.name for f in fields(cls)}
+        state = cls(**{k: v for k, v in data.items() if k in known})
+        if torch.is_tensor(state.rng):  # checkpoints of moore 0.1 held one state for rank 0
+            state.rng = [state.rng]
+        return state
 
-    def truncate_after(self, step: int) -> None:
-        if self.enabled and self.path.is_file():
-            keep = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= step]
-            self.path.write_text("".join(line + "\n" for line in keep))
-
-    def log(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key, value in _flatten(record).items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self.writer.add_scalar(key, value, record["step"])
-
-
-def _flatten(record: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _replace_dir(build, target: Path) -> None:
-    """Write a folder through ``build(tmp)`` and move it into place in one rename."""
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    build(tmp)
-    if target.exists():
-        old = target.with_name(target.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
+    def summary(self) -> dict:
+        return {"global_step": self.global_step, "stage": self.stage, "stage_step": self.stage_step,
+                "best_score": self.best_score, "best_step": self.best_step, "world_size": self.world_size}
 
 
 class Trainer:
@@ -109,13 +95,15 @@ class Trainer:
         self.data_dir = config.resolved_data_dir(data_dir)
         self.output_dir = Path(output_dir or config.output_dir)
         self.progress = progress
-        self.ctx: DistributedContext = init_distributed(device)
         self.tasks: list[Task] = build_tasks(config.tasks, config._base_dir)
         self.zero_shot: list[Task] = build_tasks(config.evaluation.zero_shot, config._base_dir)
         self.stages = config.stages or [[t.name for t in self.tasks]]
         eval_split = config.evaluation.split
+        # everything a user can get wrong is refused here, before a process group or a model exists
+        check_model_source(config.model.name_or_path, config.model.gguf_file)
         check_data(self.tasks, self.data_dir, ("train", "validation", eval_split))
         check_data(self.zero_shot, self.data_dir, (eval_split,))
+        self.ctx: DistributedContext = init_distributed(device)
         self.model: MultiTaskModel | None = None
 
     # --- data ---------------------------------------------------------------------------------
@@ -136,81 +124,128 @@ class Trainer:
             logger.info("task %s: %d train, %d validation, %d %s examples", name, len(examples),
                         len(self.eval_data[name][1]), len(self.test_data[name][1]), split)
 
-    # --- checkpoints --------------------------------------------------------------------------
+    # --- the run folder -------------------------------------------------------------------------
     @property
     def checkpoint_dir(self) -> Path:
         return self.output_dir / "checkpoints"
 
     def latest_checkpoint(self) -> Path | None:
-        if not self.checkpoint_dir.is_dir():
-            return None
-        done = [p for p in self.checkpoint_dir.glob("step-*") if p.is_dir() and not p.name.endswith((".tmp", ".old"))
-                and (p / STATE_NAME).is_file()]
-        return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+        return latest_checkpoint(self.checkpoint_dir)
 
-    def _save_checkpoint(self, state: dict) -> None:
+    def _claim_output_dir(self, resume: bool, overwrite: bool) -> RunLock | None:
+        """Rank 0 locks the folder and checks it may write there; every rank learns the verdict."""
+        lock, error = None, None
+        if self.ctx.is_main:
+            try:
+                lock = RunLock(self.output_dir).acquire()
+                prepare_output_dir(self.output_dir, resume=resume, overwrite=overwrite)
+            except RunFolderError as e:
+                if lock is not None:
+                    lock.release()
+                error = e
+        (refused,) = self.ctx.all_reduce_sum([float(error is not None)])
+        if error is not None:
+            raise error
+        if refused:
+            raise RunFolderError(f"{self.output_dir}: rank 0 refused the output folder (see its error)")
+        return lock
+
+    def _checkpoint_to_resume(self, resume: bool) -> Path | None:
+        """The checkpoint ``--resume`` continues from, once its config is known to be this run's."""
+        if not resume:
+            return None
+        checkpoint = self.latest_checkpoint()
+        saved_config = next((p / CONFIG_NAME for p in (checkpoint, self.output_dir)
+                             if p is not None and (p / CONFIG_NAME).is_file()), None)
+        if saved_config is not None:
+            changed = config_differences(json.loads(saved_config.read_text()), self.config.model_dump(mode="json"))
+            if changed:
+                raise ConfigError(
+                    f"--resume: the config differs from the one {saved_config.parent} was trained with, in ways "
+                    "that change the run:\n  " + "\n  ".join(changed) + "\nrestore those settings, or start a new "
+                    "run (another --output-dir, or --overwrite)")
+        if checkpoint is None:
+            logger.warning("--resume: no checkpoint under %s; starting from scratch", self.checkpoint_dir)
+        return checkpoint
+
+    def _restore(self, checkpoint: Path | None, log: JsonlLog) -> TrainerState:
+        if checkpoint is None:
+            log.truncate_after(-1)
+            return TrainerState(world_size=self.ctx.world_size)
+        state = TrainerState.from_dict(torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=True))
+        if state.world_size != self.ctx.world_size:
+            raise ConfigError(f"--resume: {checkpoint} was written by {state.world_size} process(es) and this run has "
+                              f"{self.ctx.world_size}; the global batch would change. Resume with "
+                              f"--nproc_per_node {state.world_size}")
+        self.model.load_weights(checkpoint / "model")
+        log.truncate_after(state.global_step)
+        if self.ctx.is_main:
+            print(f"resuming from {checkpoint} at step {state.global_step}")
+        return state
+
+    def _save_checkpoint(self, state: TrainerState, optimizer, scheduler, mixer) -> None:
+        self._check_weights_finite(state)
+        state.optimizer, state.scheduler, state.mixer = optimizer.state_dict(), scheduler.state_dict(), mixer.state_dict()
+        state.rng = self.ctx.gather_object(torch.get_rng_state())
+        if self.ctx.device.type == "cuda":
+            state.cuda_rng = self.ctx.gather_object(torch.cuda.get_rng_state(self.ctx.device))
         if self.ctx.is_main:
             def build(tmp: Path) -> None:
                 self.model.save(tmp / "model")
-                torch.save(state, tmp / STATE_NAME)  # plain tensors and numbers: loads with weights_only
-                (tmp / "trainer_state.json").write_text(json.dumps(
-                    {k: state[k] for k in ("global_step", "stage", "stage_step", "best_score", "best_step")}, indent=2))
+                torch.save(asdict(state), tmp / STATE_NAME)  # plain tensors and numbers: loads with weights_only
+                (tmp / "trainer_state.json").write_text(json.dumps(state.summary(), indent=2) + "\n")
+                (tmp / CONFIG_NAME).write_text(self.config.model_dump_json(indent=2) + "\n")
 
-            _replace_dir(build, self.checkpoint_dir / f"step-{state['global_step']:07d}")
-            done = sorted((p for p in self.checkpoint_dir.glob("step-*") if p.name[5:].isdigit()),
-                          key=lambda p: int(p.name[5:]))
-            for old in done[: -self.spec.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+            replace_dir(build, self.checkpoint_dir / f"step-{state.global_step:07d}")
+            prune_checkpoints(self.checkpoint_dir, self.spec.keep_checkpoints)
         self.ctx.barrier()
-        if os.environ.get(KILL_ENV) == str(state["global_step"]):
-            os.kill(os.getpid(), signal.SIGKILL)  # a hard crash right after the checkpoint, for resume tests
+
+    def _check_weights_finite(self, state: TrainerState) -> None:
+        bad = [n for n, p in self.model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+        if bad:
+            raise self._diverged(state, f"{len(bad)} trained tensor(s) hold NaN or Inf values, e.g. {bad[0]}")
+
+    def _diverged(self, state: TrainerState, what: str) -> TrainingDivergedError:
+        last = self.latest_checkpoint()
+        return TrainingDivergedError(
+            f"training diverged at step {state.global_step + 1}: {what} (lr {self.spec.lr:g}). Nothing non-finite was "
+            f"saved; the last good checkpoint is {last or 'none'}. Lower training.lr (or add warmup_steps, set "
+            "max_grad_norm) and start again with --overwrite")
 
     # --- the run ------------------------------------------------------------------------------
-    def run(self, resume: bool = False) -> dict[str, Any]:
-        torch.manual_seed(self.spec.seed)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._load_data()
-        self.model = MultiTaskModel.build(
-            self.config.model.model_dump(), self.config.adapter, self.tasks,
-            task_specs=[s.model_dump(exclude_defaults=True) for s in self.config.tasks],
-            gradient_checkpointing=self.spec.gradient_checkpointing,
-        ).to(self.ctx.device)
-        if self.ctx.is_main:
-            (self.output_dir / "run_config.json").write_text(self.config.model_dump_json(indent=2) + "\n")
-            self.model.adapted.print_trainable_parameters()
-        log = JsonlLogger(self.output_dir / "log.jsonl", self.ctx.is_main, self.spec.tensorboard)
-
-        state: dict[str, Any] = {"global_step": 0, "stage": 0, "stage_step": 0, "best_score": None, "best_step": None,
-                                 "stage_results": [], "before": None}
-        checkpoint = self.latest_checkpoint() if resume else None
-        if resume and checkpoint is None:
-            logger.warning("--resume: no checkpoint under %s; starting from scratch", self.checkpoint_dir)
-        if checkpoint is not None:
-            state = torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=True)
-            self.model.load_weights(checkpoint / "model")
-            log.truncate_after(state["global_step"])
-            logger.info("resuming from %s (step %d)", checkpoint, state["global_step"])
+    def run(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+        lock = self._claim_output_dir(resume, overwrite)
+        try:
+            torch.manual_seed(self.spec.seed)
+            self._load_data()  # data errors surface before any model loads
+            checkpoint = self._checkpoint_to_resume(resume)
+            self.model = MultiTaskModel.build(
+                self.config.model.model_dump(), self.config.adapter, self.tasks,
+                task_specs=[s.model_dump(exclude_defaults=True) for s in self.config.tasks],
+                gradient_checkpointing=self.spec.gradient_checkpointing,
+            ).to(self.ctx.device)
             if self.ctx.is_main:
-                print(f"resuming from {checkpoint} at step {state['global_step']}")
-        elif self.ctx.is_main:
-            log.truncate_after(-1)
+                (self.output_dir / CONFIG_NAME).write_text(self.config.model_dump_json(indent=2) + "\n")
+                self.model.adapted.print_trainable_parameters()
+            log = JsonlLog(self.output_dir / LOG_NAME, self.ctx.is_main, self.spec.tensorboard)
+            state = self._restore(checkpoint, log)
 
-        eval_spec = self.config.evaluation
-        if eval_spec.before and state["before"] is None:
-            state["before"] = self._evaluate(self.test_data, final=True)
-            # every method starts as the base model, so this is the base model's own zero-shot skill
-            state["zero_shot_before"] = self._evaluate(self.zero_shot_data, final=True, task_id=None)
-            if self.ctx.is_main:
-                log.log({"step": 0, "split": eval_spec.split, "before": state["before"],
-                         "zero_shot_before": state["zero_shot_before"]})
+            eval_spec = self.config.evaluation
+            if eval_spec.before and state.before is None:
+                state.before = self._evaluate(self.test_data, final=True)
+                # every method starts as the base model, so this is the base model's own zero-shot skill
+                state.zero_shot_before = self._evaluate(self.zero_shot_data, final=True, task_id=None)
+                log.log({"step": 0, "split": eval_spec.split, "before": state.before,
+                         "zero_shot_before": state.zero_shot_before})
 
-        for stage in range(state["stage"], len(self.stages)):
-            self._run_stage(stage, state, log, checkpoint if stage == state["stage"] else None)
-            checkpoint = None
-
-        results = self._finish(state)
-        shutdown(self.ctx)
-        return results
+            resumed_stage = state.stage if checkpoint is not None else None
+            for stage in range(state.stage, len(self.stages)):
+                self._run_stage(stage, state, log, resuming=stage == resumed_stage)
+            return self._finish(state)
+        finally:
+            if lock is not None:
+                lock.release()
+            shutdown(self.ctx)
 
     def _optimizer(self, stage_tasks: list[str]) -> torch.optim.Optimizer:
         spec = self.spec
@@ -224,145 +259,173 @@ class Trainer:
                   {"params": heads, "weight_decay": spec.weight_decay, "lr": spec.head_lr or spec.lr}]
         return torch.optim.AdamW([g for g in groups if g["params"]], lr=spec.lr, foreach=False)
 
-    def _run_stage(self, stage: int, state: dict, log: JsonlLogger, checkpoint: Path | None) -> None:
+    def _run_stage(self, stage: int, state: TrainerState, log: JsonlLog, resuming: bool) -> None:
         spec, ctx = self.spec, self.ctx
         stage_tasks = self.stages[stage]
-        sizes = [len(self.train_data[n]) for n in stage_tasks]
-        mixer = TaskMixer(sizes, spec.mixing, spec.temperature, seed=spec.seed, stage=stage)
+        mixer = TaskMixer([len(self.train_data[n]) for n in stage_tasks], spec.mixing, spec.temperature,
+                          seed=spec.seed, stage=stage)
         optimizer = self._optimizer(stage_tasks)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_multiplier(spec.schedule, spec.steps, spec.warmup_steps, spec.decay_steps, spec.min_lr_ratio))
-        if checkpoint is not None and state["stage_step"] > 0:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            mixer.load_state_dict(state["mixer"])
-            torch.set_rng_state(state["rng"])
+        if resuming and state.stage_step > 0:
+            optimizer.load_state_dict(state.optimizer)
+            scheduler.load_state_dict(state.scheduler)
+            mixer.load_state_dict(state.mixer)
+            torch.set_rng_state(state.rng[ctx.rank])
+            if state.cuda_rng is not None and ctx.device.type == "cuda":
+                torch.cuda.set_rng_state(state.cuda_rng[ctx.rank], ctx.device)
         else:
-            state.update(stage=stage, stage_step=0, best_score=None, best_step=None)
+            state.stage, state.stage_step, state.best_score, state.best_step = stage, 0, None, None
         params = [p for g in optimizer.param_groups for p in g["params"]]
         model = self.model
         if ctx.enabled:
             model = DistributedDataParallel(self.model, find_unused_parameters=True, broadcast_buffers=False)
-        micro = spec.batch_size
-        global_batch = micro * spec.grad_accum_steps * ctx.world_size
+        global_batch = spec.batch_size * spec.grad_accum_steps * ctx.world_size
         if ctx.is_main:
             print(f"stage {stage + 1}/{len(self.stages)} ({', '.join(stage_tasks)}): {spec.steps} steps of "
                   f"{global_batch} examples ({ctx.world_size} process(es) × {spec.grad_accum_steps} micro-batches "
-                  f"× {micro}), mixing {dict(zip(stage_tasks, mixer.probabilities.round(3).tolist()))}")
-        autocast = (torch.autocast(ctx.device.type, dtype=torch.bfloat16) if spec.bf16 else nullcontext())
+                  f"× {spec.batch_size}), mixing {dict(zip(stage_tasks, mixer.probabilities.round(3).tolist()))}")
         self.model.train()
-        bar = tqdm(total=spec.steps, initial=state["stage_step"], desc=f"stage {stage + 1}", disable=not
+        bar = tqdm(total=spec.steps, initial=state.stage_step, desc=f"stage {stage + 1}", disable=not
                    (self.progress and ctx.is_main), dynamic_ncols=True)
-        while state["stage_step"] < spec.steps:
-            step = state["stage_step"]
-            drawn = mixer.draw(step, global_batch)
-            mine = [drawn[(ctx.rank * spec.grad_accum_steps + j) * micro:][:micro] for j in range(spec.grad_accum_steps)]
-            batches = [self.model.collate([self.train_data[stage_tasks[t]][i] for t, i in chunk],
-                                          [stage_tasks[t] for t, _ in chunk]) for chunk in mine]
-            local_units = sum(self.model.count_units(b) for b in batches)
-            (total_units,) = ctx.all_reduce_sum([float(local_units)])
-            loss_sum = 0.0
-            for j, batch in enumerate(batches):
-                sync = j == len(batches) - 1 or not ctx.enabled
-                with (nullcontext() if sync else model.no_sync()), autocast:
-                    summed, _ = model(batch)
-                    loss = summed * (ctx.world_size / max(total_units, 1.0))
-                    aux = self.model.adapted.auxiliary_loss()
-                    if aux is not None and spec.aux_loss_weight > 0:
-                        loss = loss + spec.aux_loss_weight * aux / len(batches)
-                loss.backward()
-                loss_sum += summed.item()
-            for p in params:  # a parameter no sample reached gets a zero gradient, as DDP would give it
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-            grad_norm = (torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm).item()
-                         if spec.max_grad_norm else None)
+        while state.stage_step < spec.steps:
+            batches = self._batches(mixer, stage_tasks, state.stage_step, global_batch)
             lr = optimizer.param_groups[0]["lr"]
+            loss, grad_norm = self._step(model, batches, params, state)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            state["stage_step"] += 1
-            state["global_step"] += 1
-            (loss_total,) = ctx.all_reduce_sum([loss_sum])
+            state.stage_step += 1
+            state.global_step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_total / max(total_units, 1):.4f}", lr=f"{lr:.2e}")
-            done = state["stage_step"] == spec.steps
-            if state["stage_step"] % spec.log_every == 0 or done:
-                log.log({"step": state["global_step"], "stage": stage + 1, "loss": loss_total / max(total_units, 1),
-                         "lr": lr, "grad_norm": grad_norm, "time": time.time()})
-            if spec.eval_every and (state["stage_step"] % spec.eval_every == 0 or done):
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            done = state.stage_step == spec.steps
+            if state.stage_step % spec.log_every == 0 or done:
+                log.log({"step": state.global_step, "stage": stage + 1, "loss": loss, "lr": lr,
+                         "grad_norm": grad_norm, "time": time.time()})
+            if spec.eval_every and (state.stage_step % spec.eval_every == 0 or done):
                 self._eval_and_keep_best(state, log)
-            if (spec.save_every and state["stage_step"] % spec.save_every == 0) or done:
-                state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                             mixer=mixer.state_dict(), rng=torch.get_rng_state())
-                if done:
-                    bar.close()
-                    self._end_stage(state, log)
-                self._save_checkpoint(state)
+            if done:
+                bar.close()
+                self._end_stage(state, log)
+            if done or (spec.save_every and state.stage_step % spec.save_every == 0):
+                self._save_checkpoint(state, optimizer, scheduler, mixer)
         bar.close()
         self.model.eval()
 
+    def _batches(self, mixer: TaskMixer, stage_tasks: list[str], step: int, global_batch: int) -> list[dict]:
+        """This process's micro-batches of the step's global batch (the same draw on every process)."""
+        spec, rank = self.spec, self.ctx.rank
+        drawn = mixer.draw(step, global_batch)
+        micro = spec.batch_size
+        mine = [drawn[(rank * spec.grad_accum_steps + j) * micro:][:micro] for j in range(spec.grad_accum_steps)]
+        return [self.model.collate([self.train_data[stage_tasks[t]][i] for t, i in chunk],
+                                   [stage_tasks[t] for t, _ in chunk]) for chunk in mine]
+
+    def _step(self, model, batches: list[dict], params: list, state: TrainerState) -> tuple[float, float]:
+        """Forward and backward over the micro-batches, then clipping; (mean loss, gradient norm).
+        A non-finite loss or gradient norm stops the run before the optimizer can use it."""
+        spec, ctx = self.spec, self.ctx
+        autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16) if spec.bf16 else nullcontext()
+        (total_units,) = ctx.all_reduce_sum([float(sum(self.model.count_units(b) for b in batches))])
+        loss_sum = 0.0
+        for j, batch in enumerate(batches):
+            sync = j == len(batches) - 1 or not ctx.enabled
+            with (nullcontext() if sync else model.no_sync()), autocast:
+                summed, _ = model(batch)
+                loss = summed * (ctx.world_size / max(total_units, 1.0))
+                aux = self.model.adapted.auxiliary_loss()
+                if aux is not None and spec.aux_loss_weight > 0:
+                    loss = loss + spec.aux_loss_weight * aux / len(batches)
+            loss.backward()
+            loss_sum += summed.item()
+        for p in params:  # a parameter no sample reached gets a zero gradient, as DDP would give it
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        if spec.max_grad_norm:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm).item()
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]).item()
+        (loss_total,) = ctx.all_reduce_sum([loss_sum])
+        loss_mean = loss_total / max(total_units, 1)
+        if not (math.isfinite(loss_mean) and math.isfinite(grad_norm)):
+            raise self._diverged(state, f"the loss is {loss_mean} and the gradient norm {grad_norm}")
+        return loss_mean, grad_norm
+
     def _evaluate(self, data: dict, final: bool = False, task_id="own") -> dict:
+        """Scores on rank 0, handed to every rank, so that all ranks take the same decisions."""
         results = {}
         if self.ctx.is_main:
             ev = self.config.evaluation
             results = evaluate_tasks(self.model, data, batch_size=ev.batch_size, scoring=ev.scoring,
                                      max_new_tokens=ev.max_new_tokens, task_id=task_id,
                                      progress=self.progress and final)
-        self.ctx.barrier()
-        return results
+        return self.ctx.broadcast_object(results)
 
-    def _eval_and_keep_best(self, state: dict, log: JsonlLogger) -> None:
-        stage_tasks = self.stages[state["stage"]]
-        data = {n: self.eval_data[n] for n in stage_tasks}
-        results = self._evaluate(data)
-        if not self.ctx.is_main:
-            return
+    def _eval_and_keep_best(self, state: TrainerState, log: JsonlLog) -> None:
+        stage_tasks = self.stages[state.stage]
+        results = self._evaluate({n: self.eval_data[n] for n in stage_tasks})
         score = primary_average(results, [self.eval_data[n][0] for n in stage_tasks])
-        log.log({"step": state["global_step"], "split": "validation", "eval": results, "average": score})
-        tqdm.write(f"step {state['global_step']}: validation " + ", ".join(
-            f"{n} {self.eval_data[n][0].metric}={results[n][self.eval_data[n][0].metric]:.4f}" for n in stage_tasks))
-        if self.spec.keep_best and score is not None and (state["best_score"] is None or score > state["best_score"]):
-            state["best_score"], state["best_step"] = score, state["global_step"]
-            _replace_dir(lambda tmp: self.model.save(tmp), self.output_dir / "best")
-
-    def _end_stage(self, state: dict, log: JsonlLogger) -> None:
-        """After a stage: with keep-best (one stage), go back to the best weights; then score every task
-        (the row of the forgetting matrix)."""
-        best = self.output_dir / "best"
-        if len(self.stages) == 1 and self.spec.keep_best and state["best_step"] is not None and best.is_dir():
-            if state["best_step"] != state["global_step"]:
-                self.model.load_weights(best)
-                if self.ctx.is_main:
-                    print(f"keep-best: restored the weights of step {state['best_step']} "
-                          f"(validation average {state['best_score']:.4f})")
-        results = self._evaluate(self.test_data, final=True)
-        state["stage_results"] = state["stage_results"][: state["stage"]] + [results]
         if self.ctx.is_main:
-            log.log({"step": state["global_step"], "stage": state["stage"] + 1, "split": self.config.evaluation.split,
+            log.log({"step": state.global_step, "split": "validation", "eval": results, "average": score})
+            tqdm.write(f"step {state.global_step}: validation " + ", ".join(
+                f"{n} {self.eval_data[n][0].metric}={results[n][self.eval_data[n][0].metric]:.4f}" for n in stage_tasks))
+        improved = score is not None and math.isfinite(score) and (state.best_score is None or score > state.best_score)
+        if self.spec.keep_best and improved:
+            self._check_weights_finite(state)
+            state.best_score, state.best_step = score, state.global_step
+            if self.ctx.is_main:
+                replace_dir(lambda tmp: self.model.save(tmp), self.output_dir / "best")
+            self.ctx.barrier()
+
+    def _end_stage(self, state: TrainerState, log: JsonlLog) -> None:
+        """After a stage: with keep-best (one stage), go back to the best weights on every rank; then
+        score every task (the row of the forgetting matrix)."""
+        best = self.output_dir / "best"
+        if (len(self.stages) == 1 and self.spec.keep_best and state.best_step is not None
+                and state.best_step != state.global_step):
+            if self.ctx.is_main:
+                self.model.load_weights(best)
+                print(f"keep-best: restored the weights of step {state.best_step} "
+                      f"(validation average {state.best_score:.4f})")
+            # rank 0 read them; the others take its copy, so every replica ends identical
+            self.ctx.broadcast_tensors([p for p in self.model.parameters() if p.requires_grad])
+        results = self._evaluate(self.test_data, final=True)
+        state.stage_results = state.stage_results[: state.stage] + [results]
+        if self.ctx.is_main:
+            log.log({"step": state.global_step, "stage": state.stage + 1, "split": self.config.evaluation.split,
                      "eval": results, "average": primary_average(results, self.tasks)})
 
-    def _finish(self, state: dict) -> dict[str, Any]:
-        after = state["stage_results"][-1]
+    def _check_replicas_agree(self) -> None:
+        """Every process must end with the same weights; a difference is a bug, never a result."""
+        if self.ctx.enabled:
+            sums = self.ctx.gather_object(float(sum(p.detach().double().sum() for p in self.model.parameters()
+                                                    if p.requires_grad)))
+            if len(set(sums)) > 1:
+                raise RuntimeError(f"the processes ended with different weights (parameter sums {sums})")
+
+    def _finish(self, state: TrainerState) -> dict[str, Any]:
+        self._check_replicas_agree()
+        after = state.stage_results[-1]
         zero_shot = self._evaluate(self.zero_shot_data, final=True, task_id=None) if self.zero_shot else {}
         results = {
             "split": self.config.evaluation.split,
             "tasks": [t.describe() for t in self.tasks],
-            "before": state["before"],
+            "before": state.before,
             "after": after,
-            "average": {"before": primary_average(state["before"], self.tasks) if state["before"] else None,
+            "average": {"before": primary_average(state.before, self.tasks) if state.before else None,
                         "after": primary_average(after, self.tasks)},
             "zero_shot": zero_shot,
-            "zero_shot_before": state.get("zero_shot_before") or {},
-            "best_step": state["best_step"],
-            "steps": state["global_step"],
+            "zero_shot_before": state.zero_shot_before or {},
+            "best_step": state.best_step,
+            "steps": state.global_step,
             "stages": self.stages,
         }
         if len(self.stages) > 1:
-            results["forgetting_matrix"] = forgetting_matrix(state["stage_results"], self.tasks)
+            results["forgetting_matrix"] = forgetting_matrix(state.stage_results, self.tasks)
         if self.ctx.is_main:
             final = self.output_dir / "final"
-            _replace_dir(lambda tmp: self.model.save(tmp), final)
+            replace_dir(lambda tmp: self.model.save(tmp), final)
             write_json(self.output_dir / "results.json", results)
             report = self._report(results)
             (self.output_dir / "results.md").write_text(report + "\n")
@@ -389,7 +452,11 @@ class Trainer:
         return "\n".join(parts)
 
 
-def train(config: RunConfig, *, data_dir=None, output_dir=None, resume: bool = False, progress: bool = True,
-          device: str | None = None) -> dict[str, Any]:
-    """Run ``moore train``; returns the results (also written to OUTPUT_DIR/results.json)."""
-    return Trainer(config, data_dir=data_dir, output_dir=output_dir, progress=progress, device=device).run(resume)
+def train(config: RunConfig, *, data_dir=None, output_dir=None, resume: bool = False, overwrite: bool = False,
+          progress: bool = True, device: str | None = None) -> dict[str, Any]:
+    """Run ``moore train``; returns the results (also written to OUTPUT_DIR/results.json).
+
+    A non-empty output folder is refused unless ``resume`` (continue the run there, with the same
+    config) or ``overwrite`` (replace it)."""
+    trainer = Trainer(config, data_dir=data_dir, output_dir=output_dir, progress=progress, device=device)
+    return trainer.run(resume=resume, overwrite=overwrite)
