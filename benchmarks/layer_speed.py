@@ -23,7 +23,19 @@ import torch
 from torch import nn
 from torch.utils import benchmark
 
-from moore import METHODS, MooreConfig, MooreLinear
+from moore import (
+    METHODS,
+    HraConfig,
+    HydraLoraConfig,
+    LoraConfig,
+    LoraMoeConfig,
+    MixLoraConfig,
+    MooreConfig,
+    MooreLinear,
+    MosldConfig,
+    MtlLoraConfig,
+    OmoeConfig,
+)
 from moore.routing import TaskRouting
 
 SHAPES = {  # (layer, Din, Dout)
@@ -35,11 +47,12 @@ SHAPES = {  # (layer, Din, Dout)
 NUM_TASKS = 9
 # Peers at the sizes used in the comparisons: M = 8 experts of rank 8 (MoORE's L = 8 reflections is
 # "comparable to M"), top-2 for MixLoRA, LoRA at the same total rank 64, HRA with 8 reflections.
-PEER_SIZES = {
-    "lora": dict(r=64), "hra": dict(r=8), "loramoe": dict(r=8, num_experts=8),
-    "mixlora": dict(r=8, num_experts=8, top_k=2), "mosld": dict(r=8, num_experts=8),
-    "hydralora": dict(r=8, num_experts=8), "mtl_lora": dict(r=8, num_experts=8), "omoe": dict(r=8, num_experts=8),
-}
+PEER_SIZES = {cls.method: size for cls, size in [
+    (LoraConfig, dict(r=64)), (HraConfig, dict(r=8)), (LoraMoeConfig, dict(r=8, num_experts=8)),
+    (MixLoraConfig, dict(r=8, num_experts=8, top_k=2)), (MosldConfig, dict(r=8, num_experts=8)),
+    (HydraLoraConfig, dict(r=8, num_experts=8)), (MtlLoraConfig, dict(r=8, num_experts=8)),
+    (OmoeConfig, dict(r=8, num_experts=8)),
+]}
 
 
 def peer_layer(method: str, din: int, dout: int, dtype, device) -> nn.Module:
@@ -156,7 +169,7 @@ def main() -> None:
     print("\nratios are MoORE time / nn.Linear time, measured side by side; floor = r(Din+Dout)/(Din·Dout)")
     if args.methods:
         print(f"\n# every method, forward / forward+backward time as a ratio to nn.Linear (peer sizes: {PEER_SIZES})")
-        names = ["moore"] + args.methods
+        names = [MooreConfig.method] + args.methods
         print(f"{'model':13s} {'layer':18s} " + " ".join(f"{n:>11s}" for n in names))
         for row in rows:
             cells = [f"{row['forward']:.2f}/{row['forward_backward']:.2f}"]

@@ -23,7 +23,6 @@ import torch
 from moore.data.tasks import default_data_dir, get_task
 from moore.layers.moore import MooreLinear
 from moore.multitask import MultiTaskModel
-from moore.runconfig import TaskSpec
 
 
 def main() -> None:
@@ -33,8 +32,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=3, help="layers to try alone")
     args = parser.parse_args()
 
-    specs = MultiTaskModel.read_metadata(args.run_dir)["tasks"]
-    model = MultiTaskModel.load(args.run_dir, [TaskSpec.model_validate(s).build() for s in specs])
+    model = MultiTaskModel.load(args.run_dir)
     wikitext = get_task("wikitext2")
     examples = wikitext.load(default_data_dir(), "test", limit=args.lines)
 

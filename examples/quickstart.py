@@ -132,9 +132,9 @@ def main() -> None:
     model.eval()
     with torch.no_grad():
         routed = model(**probe, task_ids=[1]).last_hidden_state
-        model.merge()  # fold the reflections into V once for inference
+        model.merge_adapter()  # fold the reflections into V once for inference
         merged_gap = (model(**probe, task_ids=[1]).last_hidden_state - routed).abs().max().item()
-        model.unmerge()
+        model.unmerge_adapter()
     print(f"\nmerge(): max |merged - unmerged| = {merged_gap:.2e}")
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)

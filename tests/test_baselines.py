@@ -6,18 +6,21 @@ import torch
 import moore
 from helpers import assert_routing_matches_one_task_batches, build, inputs, output, perturb_adapter
 
-SMALL = {  # small sizes so the tiny models stay tiny
-    "moore": dict(task_dim=8, sample_dim=4, num_reflections=4),
-    "lora": dict(r=4), "hra": dict(r=4), "loramoe": dict(r=2, num_experts=3, balance_loss=True),
-    "mixlora": dict(r=2, num_experts=4, top_k=2), "mosld": dict(r=2, num_experts=3),
-    "hydralora": dict(r=2, num_experts=3), "mtl_lora": dict(r=2, num_experts=3), "omoe": dict(r=2, num_experts=3),
-    "full": dict(),
+MOORE, LORA, HRA = moore.MooreConfig.method, moore.LoraConfig.method, moore.HraConfig.method
+SMALL = {  # small sizes so the tiny models stay tiny; every config class the package exports
+    moore.MooreConfig: dict(task_dim=8, sample_dim=4, num_reflections=4),
+    moore.LoraConfig: dict(r=4), moore.HraConfig: dict(r=4),
+    moore.LoraMoeConfig: dict(r=2, num_experts=3, balance_loss=True),
+    moore.MixLoraConfig: dict(r=2, num_experts=4, top_k=2), moore.MosldConfig: dict(r=2, num_experts=3),
+    moore.HydraLoraConfig: dict(r=2, num_experts=3), moore.MtlLoraConfig: dict(r=2, num_experts=3),
+    moore.OmoeConfig: dict(r=2, num_experts=3), moore.FullFinetuneConfig: dict(),
 }
 METHOD_NAMES = sorted(moore.METHODS)
 
 
 def config_for(method, **kw):
-    return moore.METHODS[method](num_tasks=3, **{**SMALL[method], **kw})
+    cls = moore.METHODS[method]
+    return cls(num_tasks=3, **{**SMALL[cls], **kw})
 
 
 def adapt(method, model="llama", **kw):
@@ -25,8 +28,8 @@ def adapt(method, model="llama", **kw):
 
 
 def test_every_method_is_registered():
-    assert set(METHOD_NAMES) == {"moore", "lora", "hra", "loramoe", "mixlora", "mosld", "hydralora",
-                                 "mtl_lora", "omoe", "full"}
+    assert set(METHOD_NAMES) == {cls.method for cls in SMALL}
+    assert all(moore.METHODS[cls.method] is cls for cls in SMALL)
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
@@ -65,14 +68,14 @@ def test_parameter_counts_match_table_2(method, model_name):
     model = moore.get_moore_model(build(model_name), config_for(method), svd_cache_dir=None)
     trainable, _ = model.get_nb_trainable_parameters()
     config = model.adapter_config
-    if method == "full":
+    if moore.METHODS[method].trains_base_model:
         assert trainable == model.num_base_parameters
         return
     expected = sum(
         config.trainable_parameters_per_layer(l.in_features, l.out_features, module_name=n, rank=getattr(l, "rank", None))
         for n, l in model.adapter_layers())
     assert trainable == expected
-    if method != "moore":  # MoORE's r is the numerical rank, which the count from shapes cannot know
+    if method != MOORE:  # MoORE's r is the numerical rank, which the count from shapes cannot know
         assert moore.count_trainable_parameters(build(model_name), config) == expected
 
 
@@ -108,59 +111,60 @@ def test_save_load_round_trip(method, tmp_path):
         assert torch.allclose(output(loaded(**batch, task_ids=[2, 1, 0, 2])), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["lora", "hra", "moore"])
+@pytest.mark.parametrize("method", [moore.LoraConfig.method, moore.HraConfig.method, moore.MooreConfig.method])
 def test_merge_fold_equivalence(method):
     model = adapt(method)
     perturb_adapter(model)
     batch = inputs("llama")
     with torch.no_grad():
         before = output(model(**batch, task_ids=[0, 1, 2, 0]))
-        model.merge()
+        model.merge_adapter()
         merged = output(model(**batch, task_ids=[0, 1, 2, 0]))
-        model.unmerge()
+        model.unmerge_adapter()
         after = output(model(**batch, task_ids=[0, 1, 2, 0]))
     assert torch.allclose(merged, before, atol=1e-4) and torch.allclose(after, before, atol=1e-4)
 
 
-@pytest.mark.parametrize("method, kw", [("lora", {}), ("hra", {}), ("mtl_lora", {}), ("moore", dict(sample_dim=0))])
+@pytest.mark.parametrize("method, kw", [(LORA, {}), (HRA, {}), (moore.MtlLoraConfig.method, {}),
+                                        (MOORE, dict(sample_dim=0))])
 def test_merge_per_task_equivalence(method, kw):
     model = adapt(method, **kw)
     perturb_adapter(model)
     batch = inputs("llama")
     with torch.no_grad():
         routed = output(model(**batch, task_ids=[1, 1, 1, 1]))
-        plain = model.merge(task_id=1)
+        plain = model.merge_and_unload(task_id=1)
         assert not any(isinstance(m, moore.AdapterLayer) for m in plain.modules())
         assert torch.allclose(output(plain(**batch)), routed, atol=1e-4)
-        model.unmerge()
+        model.unmerge_adapter()
 
 
-@pytest.mark.parametrize("method", ["loramoe", "mixlora", "mosld", "hydralora", "omoe"])
+@pytest.mark.parametrize("method", [moore.LoraMoeConfig.method, moore.MixLoraConfig.method, moore.MosldConfig.method, moore.HydraLoraConfig.method, moore.OmoeConfig.method])
 def test_token_routed_methods_have_no_dense_form(method):
     model = adapt(method)
     with pytest.raises(NotImplementedError, match="routes each token"):
-        model.merge(task_id=0)
+        model.merge_and_unload(task_id=0)
 
 
 def test_mtl_lora_routes_per_sample_like_one_task_batches():
-    model = adapt("mtl_lora")
+    model = adapt(moore.MtlLoraConfig.method)
     perturb_adapter(model, scale=0.2)
     assert_routing_matches_one_task_batches(model, "llama")
 
 
 def test_mixlora_puts_experts_on_the_ffn_and_lora_on_attention():
-    model = adapt("mixlora")
+    model = adapt(moore.MixLoraConfig.method)
     kinds = {n.split(".")[-1]: type(l).__name__ for n, l in model.adapter_layers()}
     assert kinds["q_proj"] == kinds["o_proj"] == "LoraLinear"
     assert kinds["gate_proj"] == kinds["up_proj"] == kinds["down_proj"] == "MixLoraLinear"
-    bert = adapt("mixlora", model="minilm")
+    bert = adapt(moore.MixLoraConfig.method, model="minilm")
     kinds = {n: type(l).__name__ for n, l in bert.adapter_layers()}
     assert kinds["encoder.layer.0.attention.output.dense"] == "LoraLinear"
     assert kinds["encoder.layer.0.intermediate.dense"] == kinds["encoder.layer.0.output.dense"] == "MixLoraLinear"
 
 
 def test_mixlora_top_k_gates_and_balance_loss():
-    model = adapt("mixlora")
+    model = adapt(moore.MixLoraConfig.method)
     perturb_adapter(model)
     layer = next(l for n, l in model.adapter_layers() if n.endswith("up_proj"))
     layer.train()
@@ -174,7 +178,7 @@ def test_mixlora_top_k_gates_and_balance_loss():
 
 
 def test_loramoe_balance_loss_is_optional():
-    on, off = adapt("loramoe"), adapt("loramoe", balance_loss=False)
+    on, off = adapt(moore.LoraMoeConfig.method), adapt(moore.LoraMoeConfig.method, balance_loss=False)
     for model in (on, off):
         model.train()
         model(**inputs("llama"), task_ids=[0, 1, 2, 0])
@@ -184,7 +188,7 @@ def test_loramoe_balance_loss_is_optional():
 def test_omoe_expert_outputs_are_orthogonal():
     from moore.layers.omoe import gram_schmidt
 
-    model = adapt("omoe")
+    model = adapt(moore.OmoeConfig.method)
     perturb_adapter(model, scale=0.3)
     layer = next(l for _, l in model.adapter_layers())
     with torch.no_grad():
@@ -195,17 +199,18 @@ def test_omoe_expert_outputs_are_orthogonal():
     assert gram.abs().max() > 1e-6
 
 
-@pytest.mark.parametrize("method", ["lora", "loramoe", "hra", "moore", "mtl_lora"])
+@pytest.mark.parametrize("method", [moore.LoraConfig.method, moore.LoraMoeConfig.method, moore.HraConfig.method, moore.MooreConfig.method, moore.MtlLoraConfig.method])
 def test_match_budget(method):
     base = build("llama")
     budget = 20000
     sized = moore.match_budget(base, config_for(method), budget)
     count = moore.count_trainable_parameters(base, sized)
-    field = moore.budget.SIZE_FIELDS[method]
-    step_up = moore.count_trainable_parameters(base, type(sized)(**{**sized.__dict__, field: getattr(sized, field) + (2 if method == "hra" else 1)}))
+    field = sized.size_field
+    step = 2 if method == HRA else 1  # HRA's reflections come in pairs
+    step_up = moore.count_trainable_parameters(base, type(sized)(**{**sized.__dict__, field: getattr(sized, field) + step}))
     assert abs(count - budget) <= abs(step_up - budget)  # no larger value is closer
     if getattr(sized, field) > 2:
-        smaller = type(sized)(**{**sized.__dict__, field: getattr(sized, field) - (2 if method == "hra" else 1)})
+        smaller = type(sized)(**{**sized.__dict__, field: getattr(sized, field) - step})
         assert abs(count - budget) <= abs(moore.count_trainable_parameters(base, smaller) - budget)
 
 
@@ -215,7 +220,7 @@ def test_lora_matches_peft():
     from peft import get_peft_model
 
     torch.manual_seed(0)
-    ours = adapt("lora", target_modules=["q_proj", "v_proj", "down_proj"], r=4, lora_alpha=8)
+    ours = adapt(moore.LoraConfig.method, target_modules=["q_proj", "v_proj", "down_proj"], r=4, lora_alpha=8)
     perturb_adapter(ours, scale=0.1)
     torch.manual_seed(0)
     theirs = get_peft_model(build("llama"), PeftLoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
@@ -233,7 +238,7 @@ def test_hra_matches_peft():
     from peft import HRAConfig, get_peft_model
 
     torch.manual_seed(0)
-    ours = adapt("hra", target_modules=["q_proj", "up_proj"], r=4)
+    ours = adapt(moore.HraConfig.method, target_modules=["q_proj", "up_proj"], r=4)
     perturb_adapter(ours, scale=0.3)
     torch.manual_seed(0)
     theirs = get_peft_model(build("llama"), HRAConfig(r=4, target_modules=["q_proj", "up_proj"]))

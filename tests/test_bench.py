@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from moore.bench import SUITES, run_suite
-from moore.bench_report import write_report
+from moore.bench import SUITES, Method, Suite, run_suite, write_report
+from moore.bench.suites import OURS, PEER
 
 TASKS = ("cola", "sst2", "mrpc", "rte", "qnli")
 
@@ -51,26 +51,27 @@ def test_runner_skips_methods_with_results_and_refuses_unknown_ones(tmp_path, ca
 
 
 def test_suites_compare_every_method_at_one_budget():
+    from moore import METHODS
+
     for suite in SUITES.values():
-        methods = suite["methods"]
-        assert {"moore-L8", "moore-L0", "lora", "hra", "loramoe", "mixlora", "mosld", "hydralora", "mtl_lora",
-                "omoe", "full"} <= set(methods)
-        assert all(spec.get("budget") for name, spec in methods.items()
-                   if not name.startswith(("moore", "ablation", "full")))
+        methods = suite.methods
+        assert {m.adapter["method"] for m in methods.values()} == set(METHODS)  # every registered method
+        assert {"moore-L8", "moore-L0"} <= set(methods)
+        assert all(m.budget for m in methods.values() if m.family == PEER)
 
 
 def test_efficiency_rows_are_ratios_measured_side_by_side(tmp_path, monkeypatch):
     from training_fixtures import save_tiny_decoder
 
-    from moore import bench
-    from moore.efficiency import measure_efficiency
+    from moore.bench.efficiency import measure_efficiency
 
     model_dir = save_tiny_decoder(tmp_path / "decoder")
-    suite = {"config": {"model": {"name_or_path": str(model_dir)}, "tasks": [{"name": "a"}, {"name": "b"}]},
-             "methods": {"moore-L8": {"method": "moore", "task_dim": 8, "sample_dim": 4, "num_reflections": 2},
-                         "moore-task": {"method": "moore", "task_dim": 8, "sample_dim": 0, "num_reflections": 2},
-                         "lora": {"method": "lora", "budget": True}}}
-    monkeypatch.setitem(bench.SUITES, "tiny", suite)
+    suite = Suite("tiny", "tiny", {"model": {"name_or_path": str(model_dir)}, "tasks": [{"name": "a"}, {"name": "b"}]},
+                  {"moore-L8": Method({"method": "moore", "task_dim": 8, "sample_dim": 4, "num_reflections": 2}, OURS),
+                   "moore-task": Method({"method": "moore", "task_dim": 8, "sample_dim": 0, "num_reflections": 2},
+                                        OURS),
+                   "lora": Method({"method": "lora"}, PEER, budget=True)}, routing_layer="", subsampling="")
+    monkeypatch.setitem(SUITES, "tiny", suite)
     rows = measure_efficiency("tiny", tmp_path, batch_size=4, length=8, repeats=1)["rows"]
     assert set(rows) == {"base (full model trains)", "base", "moore-L8", "moore-L8 (merged)", "moore-task",
                          "moore-task (merged)", "moore-task (merged for one task)", "lora"}
@@ -83,7 +84,7 @@ def test_efficiency_rows_are_ratios_measured_side_by_side(tmp_path, monkeypatch)
 
 
 def test_efficiency_verdict_names_the_cheaper_peers():
-    from moore.bench_report import _efficiency_verdict
+    from moore.bench.report import _efficiency_verdict
 
     rows = {"base (full model trains)": {"train_step_ratio": 1.0, "train_memory_ratio": 1.0, "inference_ratio": 0.9},
             "base": {"inference_ratio": 1.0},
@@ -92,8 +93,9 @@ def test_efficiency_verdict_names_the_cheaper_peers():
             "lora": {"train_step_ratio": 0.8, "train_memory_ratio": 0.6, "inference_ratio": 0.8},
             "omoe": {"train_step_ratio": 3.0, "train_memory_ratio": 7.0, "inference_ratio": 0.3},
             "full": {"train_step_ratio": 0.9, "train_memory_ratio": 1.0, "inference_ratio": 1.0}}
-    text = "\n".join(_efficiency_verdict(rows))
+    suite = SUITES["nlu-mtl-mini"]
+    text = "\n".join(_efficiency_verdict(rows, suite))
     assert "training step time):** lora (MoORE-L8: 1.10×)" in text  # full and base are not peers
     assert "training memory" not in text  # no peer needs less than MoORE here
     assert "inference speed (MoORE merged)):** lora (MoORE-L8: 0.70×)" in text  # merged is MoORE's best case
-    assert _efficiency_verdict({k: v for k, v in rows.items() if k != "moore-L8"}) == []
+    assert _efficiency_verdict({k: v for k, v in rows.items() if k != "moore-L8"}, suite) == []

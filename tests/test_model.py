@@ -209,9 +209,9 @@ def test_merge_folds_reflections_and_unmerge_restores(model_name):
     batch, task_ids = inputs(model_name), torch.tensor([0, 1, 2, 0])
     with torch.no_grad():
         before = output(model(**batch, task_ids=task_ids))
-        assert model.merge() is model
+        assert model.merge_adapter() is None
         merged = output(model(**batch, task_ids=task_ids))
-        model.unmerge()
+        model.unmerge_adapter()
         after = output(model(**batch, task_ids=task_ids))
     assert torch.allclose(merged, before, atol=1e-4)
     assert torch.allclose(after, before, atol=1e-4)
@@ -228,7 +228,7 @@ def test_merge_per_task_gives_a_plain_model(model_name, dtype):
         routed = {t: output(model(**batch, task_ids=torch.full((4,), t))).float() for t in (0, 2)}
         unseen = output(model(**batch)).float()
         for task in (0, 2, None):
-            plain = model.merge(task_id=task)
+            plain = model.merge_and_unload(task_id=task)
             assert type(plain) is base_type
             assert not any(isinstance(m, moore.AdapterLayer) for m in plain.modules())
             expected = unseen if task is None else routed[task]
@@ -236,7 +236,7 @@ def test_merge_per_task_gives_a_plain_model(model_name, dtype):
             assert torch.allclose(got, expected, atol=tol * max(1.0, expected.abs().max().item())), task
         with pytest.raises(ValueError, match="merged for task"):
             model(**batch, task_ids=torch.zeros(4, dtype=torch.long))
-        model.unmerge()
+        model.unmerge_adapter()
         assert any(isinstance(m, moore.AdapterLayer) for m in model.model.modules())
         again = output(model(**batch, task_ids=torch.full((4,), 2))).float()
     assert torch.allclose(again, routed[2], atol=1e-6)
@@ -247,7 +247,7 @@ def test_merge_per_task_gives_a_plain_model(model_name, dtype):
 def test_merge_per_task_refuses_token_routing():
     model = moe("llama")
     with pytest.raises(ValueError, match="sample_dim"):
-        model.merge(task_id=0)
+        model.merge_and_unload(task_id=0)
     assert any(isinstance(m, moore.AdapterLayer) for m in model.model.modules())  # nothing half-merged
     with pytest.raises(ValueError, match="out of range"):
-        moe("llama", sample_dim=0).merge(task_id=7)
+        moe("llama", sample_dim=0).merge_and_unload(task_id=7)

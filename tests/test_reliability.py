@@ -18,19 +18,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import moore
-from helpers import build, inputs, perturb_adapter, tiny_llama
+from helpers import build, perturb_adapter, tiny_llama
 from moore.data.tasks import get_task
-from moore.errors import AdapterFileError, ConfigError, DataError, RunFolderError, TrainingDivergedError
+from moore.errors import AdapterFileError, ConfigError, DataError, RunFolderError
 from moore.io import write_json
 from moore.multitask import MultiTaskModel
 from moore.runconfig import build_tasks, load_run_config
 from moore.svd import cached_svd
 from moore.training import train
 from moore.training.checkpoints import JsonlLog, RunLock, read_log
-from training_fixtures import make_tasks, moore_cli, run_config, save_tiny_encoder, write_config, write_jsonl
+from training_fixtures import free_port, make_tasks, moore_cli, run_config, save_tiny_encoder, write_config, write_jsonl
 
 CONFIG = dict(num_tasks=3, task_dim=8, sample_dim=4, num_reflections=4)
 
@@ -343,7 +343,7 @@ def test_ddp_keep_best_leaves_every_rank_with_the_same_weights(world, tmp_path):
     config = write_config(tmp_path / "ddp.yaml", _config(world, out, steps=6, batch_size=2, lr=0.3, eval_every=1,
                                                          schedule="constant", warmup_steps=0))
     moore_cli(config, out / "ranks", launcher=[torchrun, "--nproc_per_node", "2", "--master_port",
-                                               str(29700 + os.getpid() % 200),
+                                               str(free_port()),
                                                str(Path(__file__).parent / "ddp_rank_weights.py")])
     results = json.loads((out / "results.json").read_text())
     assert results["best_step"] < 6, "the test needs a best step before the last to restore"

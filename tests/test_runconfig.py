@@ -21,7 +21,7 @@ def test_a_valid_config_and_its_defaults(tmp_path):
     path.write_text(yaml.safe_dump(_config(adapter={"task_dim": 16})))
     cfg = load_run_config(path, ["training.steps=7", "training.lr=0.5"])
     assert cfg.training.steps == 7 and cfg.training.lr == 0.5 and cfg.training.schedule == "wsd"
-    adapter = cfg.adapter_config()
+    adapter = cfg.adapter
     assert adapter.method == "moore" and adapter.num_tasks == 2 and adapter.task_dim == 16
 
 
@@ -85,4 +85,4 @@ def test_the_shipped_configs_validate():
     assert configs
     for path in configs:
         cfg = load_run_config(path)
-        assert cfg.adapter_config().num_tasks == len(cfg.tasks)
+        assert cfg.adapter.num_tasks == len(cfg.tasks)

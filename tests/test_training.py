@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from moore.multitask import MultiTaskModel
 from moore.runconfig import build_tasks, load_run_config
 from moore.training import TaskMixer, lr_multiplier, mixing_probabilities, train
-from training_fixtures import make_tasks, moore_cli, run_config, save_tiny_decoder, save_tiny_encoder, write_config
+from training_fixtures import free_port, make_tasks, moore_cli, run_config, save_tiny_decoder, save_tiny_encoder, write_config
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_task_mixing():
 def _model(world, kind: str, names: list[str]) -> MultiTaskModel:
     cfg = load_run_config(data=run_config(world[kind], world["files"], names, world["root"] / "unused"))
     tasks = build_tasks(cfg.tasks)
-    return MultiTaskModel.build(cfg.model.model_dump(), cfg.adapter, tasks), tasks
+    return MultiTaskModel.build(cfg.model, cfg.adapter, tasks), tasks
 
 
 def test_decoder_loss_is_on_answer_tokens_only(world):
@@ -97,7 +97,7 @@ def test_decoder_loss_is_on_answer_tokens_only(world):
     logits = model.adapted(**batch["inputs"], task_ids=batch["task_ids"]).logits
     manual = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                                                ignore_index=-100, reduction="sum")
-    assert model._keeps_logits  # the loss came from the answer positions' logits only
+    assert model.strategy.keeps_logits  # the loss came from the answer positions' logits only
     assert torch.allclose(loss, manual, rtol=1e-5) and units == int((labels[:, 1:] != -100).sum())
 
 
@@ -108,7 +108,7 @@ def _loglik_by_hand(model, task, examples, task_id) -> list[int]:
     for e in examples:
         scores = []
         for option in e["options"]:
-            prompt = tok(model._prompt(task, e))["input_ids"]
+            prompt = tok(model.strategy.prompt(task, e))["input_ids"]
             answer = tok(task.answer_prefix + option, add_special_tokens=False)["input_ids"]
             logp = model.adapted(input_ids=torch.tensor([prompt + answer]), task_ids=[task_id]).logits.log_softmax(-1)[0]
             scores.append(sum(logp[len(prompt) - 1 + j, a].item() for j, a in enumerate(answer)))
@@ -121,11 +121,11 @@ def test_loglik_scoring_equals_scoring_by_hand(world):
     pick = tasks[1]
     examples = pick.load(None, "test")[:6]
     # the options share every answer token but the last: the fast path scores them in one forward
-    assert model._loglik_choices(pick, examples, 1, 4, False) == _loglik_by_hand(model, pick, examples, 1)
+    assert model.strategy.loglik_choices(pick, examples, 1, 4, False) == _loglik_by_hand(model, pick, examples, 1)
     # options that differ in more than their last token go through the per-option path
     slow_task = type(pick)(**{**pick.__dict__, "answer_prefix": ""})
     wrapped = [{**e, "options": [f"{o} !" for o in e["options"]]} for e in examples]
-    assert model._loglik_choices(slow_task, wrapped, 1, 4, False) == _loglik_by_hand(model, slow_task, wrapped, 1)
+    assert model.strategy.loglik_choices(slow_task, wrapped, 1, 4, False) == _loglik_by_hand(model, slow_task, wrapped, 1)
 
 
 def test_generation_scoring_runs_with_task_routing(world):
@@ -223,7 +223,7 @@ def test_two_gloo_processes_match_one_process(world, tmp_path):
     two = run_config(world["encoder"], world["files"], ["mood", "count"], tmp_path / "two", **common)
     moore_cli("train", write_config(tmp_path / "one.yaml", one), "--no-progress", "--device", "cpu")
     result = moore_cli("train", write_config(tmp_path / "two.yaml", two), "--no-progress", "--device", "cpu",
-                       launcher=[torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
+                       launcher=[torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()),
                                  "-m", "moore.cli"])
     assert "2 process(es)" in result.stdout
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")

@@ -105,6 +105,15 @@ def write_config(path: Path, config: dict) -> Path:
     return path
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now, for torchrun's rendezvous (fixed ports collide across runs)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def moore_cli(*args: str, env: dict | None = None, check: bool = True, launcher: list[str] | None = None,
               timeout: int = 600) -> subprocess.CompletedProcess:
     command = (launcher or [sys.executable, "-m", "moore.cli"]) + [str(a) for a in args]

@@ -1,6 +1,6 @@
 """moore: multi-task adaptation of pre-trained transformers with MoORE and its peers."""
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402,F401
 
 from .config import METHODS, AdapterConfig  # noqa: E402
 from .layers import (  # noqa: E402

@@ -15,11 +15,6 @@ from .layers.base import linear_weight
 from .model import find_target_modules
 from .svd import numerical_rank
 
-# the field each method grows with, in the paper's comparisons
-SIZE_FIELDS = {"moore": "task_dim", "lora": "r", "hra": "r", "loramoe": "r", "mixlora": "r", "mosld": "r",
-               "hydralora": "r", "mtl_lora": "r", "omoe": "r"}
-
-
 def count_trainable_parameters(model: nn.Module, config: AdapterConfig, *,
                                _ranks: dict[tuple[str, str], int] | None = None) -> int:
     """What ``get_moore_model(model, config)`` would train (modules_to_save aside).
@@ -27,7 +22,7 @@ def count_trainable_parameters(model: nn.Module, config: AdapterConfig, *,
     For methods whose size depends on a weight's numerical rank (MoORE drops directions with
     σ ≈ 0), the rank comes from the weight's singular values (``_ranks`` keeps them across the
     many counts of one ``match_budget``)."""
-    if getattr(config, "trains_base_model", False):
+    if config.trains_base_model:
         return sum(p.numel() for p in model.parameters())
     ranks = {} if _ranks is None else _ranks
     total = 0
@@ -38,7 +33,7 @@ def count_trainable_parameters(model: nn.Module, config: AdapterConfig, *,
         if config.counts_numerical_rank:
             key = (name, config.svd_dtype)
             if key not in ranks:
-                ranks[key] = numerical_rank(weight, config.svd_dtype)
+                ranks[key] = numerical_rank(weight, config.svd_dtype)  # only rank-aware configs have svd_dtype
             extra["rank"] = ranks[key]
         total += config.trainable_parameters_per_layer(din, dout, module_name=name, **extra)
     return total
@@ -52,7 +47,7 @@ def match_budget(model: nn.Module, config: AdapterConfig, budget: int, field: st
     two values around it, the closer one wins. Values the config refuses (odd reflection counts)
     are skipped.
     """
-    field = field or SIZE_FIELDS.get(config.method)
+    field = field or config.size_field
     if field is None:
         raise ValueError(f"method {config.method!r} has no size field to match a budget with")
 

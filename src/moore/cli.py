@@ -24,6 +24,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer  # noqa: E402
 
+from .layers.moore import MooreConfig  # noqa: E402
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="MoORE: multi-task adaptation of pre-trained transformers, and its peers.")
 
@@ -32,7 +34,7 @@ DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="folder with
 
 DEMO_CONFIG = {
     "model": {"name_or_path": "minilm", "max_length": 64},
-    "adapter": {"method": "moore", "task_dim": 32, "sample_dim": 16, "num_reflections": 4},
+    "adapter": {"method": MooreConfig.method, "task_dim": 32, "sample_dim": 16, "num_reflections": 4},
     "tasks": [{"name": "sst2", "max_train": 2000, "max_eval": 400},
               {"name": "cola", "max_train": 2000, "max_eval": 400},
               {"name": "qnli", "max_train": 2000, "max_eval": 400}],
@@ -143,8 +145,7 @@ def bench(
     progress: Annotated[bool, typer.Option(help="tqdm progress bars")] = True,
 ) -> None:
     """Run every method of a suite on the same data and budget, then write the report."""
-    from .bench import SUITES, run_suite
-    from .bench_report import write_report
+    from .bench import SUITES, run_suite, write_report
     from .data.tasks import default_data_dir
 
     if suite not in SUITES:
@@ -185,14 +186,12 @@ def evaluate(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Score a trained adapter task by task."""
-    from pydantic import ValidationError
-
     from .data.tasks import default_data_dir, get_task
-    from .errors import AdapterFileError, ConfigError
+    from .errors import ConfigError
     from .evaluation import evaluate_tasks, scores_table
     from .io import write_json
-    from .multitask import TASKS_NAME, MultiTaskModel
-    from .runconfig import TaskSpec, check_data
+    from .multitask import MultiTaskModel
+    from .runconfig import check_data
 
     _setup_logging(verbose)
     if split not in ("validation", "test"):
@@ -201,12 +200,7 @@ def evaluate(
         _fail(f"--scoring must be loglik or generate, got {scoring!r}")
     directory = _adapter_dir(path)
     with _user_errors():
-        meta = MultiTaskModel.read_metadata(directory)
-        try:
-            specs = [TaskSpec.model_validate(s) for s in meta["tasks"]]
-        except ValidationError as e:
-            raise AdapterFileError(f"{directory / TASKS_NAME}: a task entry is invalid "
-                                   f"({e.errors()[0]['msg']})") from None
+        _, specs = MultiTaskModel.read_specs(directory)
         all_tasks = [s.build() for s in specs]
         wanted = [t.strip() for t in tasks.split(",")] if tasks else [t.name for t in all_tasks]
         unknown = sorted(set(wanted) - {t.name for t in all_tasks})
@@ -262,7 +256,7 @@ def info(path: Annotated[Path, typer.Argument(help="a saved adapter folder or a 
     lines = [
         f"adapter:        {directory}",
         f"method:         {method}  (moore {meta.get('moore_version', '?')})",
-        f"settings:       " + ", ".join(f"{k}={v}" for k, v in config.items()),
+        "settings:       " + ", ".join(f"{k}={v}" for k, v in config.items()),
         f"base model:     {base.get('class')} {base.get('name_or_path')!r}, {base.get('num_parameters', 0):,d} parameters",
         f"fingerprint:    {base.get('fingerprint', '?')[:16]}",
         f"adapted layers: {len(meta.get('adapted_modules', []))}",

@@ -38,6 +38,9 @@ class AdapterConfig:
     layer_cls: ClassVar[type]  # set by register_method
     # True when trainable_parameters_per_layer needs rank=, the weight's numerical rank
     counts_numerical_rank: ClassVar[bool] = False
+    # the field the method grows with, which match_budget sets (None: no size to match)
+    size_field: ClassVar[str | None] = None
+    trains_base_model: ClassVar[bool] = False  # full fine-tuning: every base weight trains
 
     num_tasks: int = 1
     target_modules: list[str] | str = "all-linear"

@@ -96,3 +96,25 @@ def plot_forgetting(matrix: list[list[float | None]], stages: list[list[str]], t
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def results_markdown(results: dict, tasks: Sequence[Task], zero_shot: Sequence[Task], stages: list[list[str]],
+                     output_dir: Path) -> str:
+    """``results.md`` of a run: per-task scores before and after, zero-shot scores, and with stages
+    the forgetting matrix (and its plot, written to ``output_dir/forgetting.png``)."""
+    columns = {}
+    if results["before"]:
+        columns["before"] = results["before"]
+    columns["after"] = results["after"]
+    parts = [f"## Per-task scores ({results['split']} split; ×100 where a score is in [-1, 1])", "",
+             scores_table(columns, tasks)]
+    if results["zero_shot"]:
+        zs = {"before": results["zero_shot_before"]} if results["zero_shot_before"] else {}
+        parts += ["", "## Zero-shot (unseen-task embedding)", "",
+                  scores_table({**zs, "after": results["zero_shot"]}, zero_shot)]
+    if "forgetting_matrix" in results:
+        matrix = results["forgetting_matrix"]
+        parts += ["", "## Forgetting matrix", "", forgetting_markdown(matrix, stages, tasks)]
+        plot_forgetting(matrix, stages, tasks, output_dir / "forgetting.png")
+        parts += ["", "![forgetting](forgetting.png)"]
+    return "\n".join(parts)

@@ -48,6 +48,14 @@ def apply_householder(x: torch.Tensor, reflections: torch.Tensor, *, transpose: 
     return x - F.linear(coeffs, y.T.to(x.dtype))
 
 
+def fold_into_rows(rows: torch.Tensor, reflections: torch.Tensor, *, inverse: bool = False) -> torch.Tensor:
+    """M H (or M Hᵀ = M H⁻¹ with ``inverse``) for a (R, D) matrix M, in float32 or better: how
+    merging folds H into Vᵀ and unmerging takes it out again."""
+    work = torch.promote_types(rows.dtype, torch.float32)
+    # a row m of M becomes (H m)ᵀ = mᵀ Hᵀ under apply_householder; M H takes the transposed form
+    return apply_householder(rows.to(work), reflections.to(work), transpose=not inverse).to(rows.dtype)
+
+
 def householder_matrix(reflections: torch.Tensor) -> torch.Tensor:
     """The dense D×D matrix H (for tests and inspection only; never used in a forward pass)."""
     dim = reflections.shape[1]

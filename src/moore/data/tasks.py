@@ -2,11 +2,7 @@
 
 A task reads its examples from a data directory (``--data-dir`` or ``$MOORE_DATA_DIR``) and, when
 the files are not there and the ``datasets`` package can reach the Hugging Face hub, from the hub
-by name. Examples are plain dicts:
-
-- classification / regression: ``{"text", "text_pair"?, "label"}`` (an int class, a float score);
-- multiple_choice: ``{"prompt", "options", "label"}`` (the index of the right option);
-- language_modeling: ``{"text"}``.
+by name. Examples are plain dicts (``readers.py`` says which keys each kind has).
 
 Encoders score classification and regression tasks with a per-task head. Decoders score every
 task as a choice between continuations: a classification task becomes one by its
@@ -16,10 +12,8 @@ task as a choice between continuations: a classification task becomes one by its
 from __future__ import annotations
 
 import csv
-import json
 import os
 import random
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +21,21 @@ from typing import Any
 
 from ..errors import DataError, MissingDataError
 from .metrics import KNOWN_METRICS
+from .readers import (
+    Example,
+    arc_row,
+    boolq_row,
+    hub_choice,
+    hub_glue,
+    hub_wikitext,
+    read_cola,
+    read_llm_adapters,
+    read_qnli_dev,
+    read_stsbenchmark,
+    read_tsv_columns,
+    read_wikitext,
+)
 
-Example = dict[str, Any]
 SPLITS = ("train", "validation", "test")
 KINDS = ("classification", "regression", "multiple_choice", "language_modeling")
 DATA_DIR_ENV = "MOORE_DATA_DIR"
@@ -184,199 +191,6 @@ def _hub_reachable() -> bool:
     return True
 
 
-# --- readers ---------------------------------------------------------------------------------------
-def _tsv(path: Path, header: bool = True) -> list[dict[str, str]] | list[list[str]]:
-    with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: MRPC starts with a BOM
-        if header:
-            return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-        return list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-
-
-def read_tsv_columns(text: str, text_pair: str | None, label: str, labels: dict[str, int] | None = None,
-                     regression: bool = False):
-    """A reader for a TSV file with a header, naming its text, pair and label columns."""
-
-    def read(paths: list[Path], split: str) -> list[Example]:
-        out = []
-        for path in paths:
-            for row in _tsv(path):
-                if row.get(label) in (None, ""):
-                    continue
-                value = row[label].strip()
-                y = float(value) if regression else (labels[value] if labels else int(value))
-                example = {"text": row[text], "label": y}
-                if text_pair:
-                    example["text_pair"] = row[text_pair]
-                out.append(example)
-        return out
-
-    return read
-
-
-def read_cola(paths: list[Path], split: str) -> list[Example]:
-    return [{"text": r[3], "label": int(r[1])} for p in paths for r in _tsv(p, header=False) if len(r) >= 4]
-
-
-def read_stsbenchmark(paths: list[Path], split: str) -> list[Example]:
-    """The original STS Benchmark CSV: genre, file, year, id, score, s1, s2 (+ stray fields)."""
-    return [{"text": r[5], "text_pair": r[6], "label": float(r[4])}
-            for p in paths for r in _tsv(p, header=False) if len(r) >= 7]
-
-
-def read_qnli_dev(paths: list[Path], split: str) -> list[Example]:
-    """QNLI: only GLUE's dev file is here, split deterministically in halves (validation / test)
-    after a train share: the first 80% (by a fixed shuffle) trains."""
-    rows = read_tsv_columns("question", "sentence", "label", {"entailment": 0, "not_entailment": 1})(paths, split)
-    order = list(range(len(rows)))
-    random.Random(0).shuffle(order)
-    n_train = int(0.8 * len(rows))
-    n_val = (len(rows) - n_train) // 2
-    part = {"train": order[:n_train], "validation": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
-    return [rows[i] for i in sorted(part[split])]
-
-
-_FORMAT = re.compile(r"Answer format:\s*(.+?)\s*$", re.MULTILINE)
-
-
-def read_llm_adapters(paths: list[Path], split: str) -> list[Example]:
-    """LLM-Adapters' commonsense JSON: {instruction, input, output, answer}; the options are
-    the instruction's ``Answer format: a/b/c`` line."""
-    out = []
-    for path in paths:
-        for row in json.loads(path.read_text(encoding="utf-8")):
-            out.append(llm_adapters_example(row["instruction"], row.get("input", ""), row["answer"], where=str(path)))
-    return out
-
-
-def llm_adapters_example(instruction: str, extra_input: str, answer: str, where: str = "") -> Example:
-    found = _FORMAT.search(instruction)
-    if not found:
-        raise ValueError(f"{where}: an instruction without an 'Answer format:' line: {instruction[:80]!r}")
-    options = [o.strip() for o in found.group(1).split("/")]
-    if answer.strip() not in options:
-        raise ValueError(f"{where}: answer {answer!r} is not one of the options {options}")
-    prompt = instruction if not extra_input else f"{instruction}\n\n{extra_input}"
-    return {"prompt": prompt, "options": options, "label": options.index(answer.strip())}
-
-
-def read_wikitext(paths: list[Path], split: str) -> list[Example]:
-    """WikiText: one example per non-empty line (a paragraph or a heading)."""
-    return [{"text": line.strip()} for p in paths for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def read_text_lines(path: Path) -> list[str]:
-    """A text file's lines; a DataError naming the file and line for a BOM or bytes that are not UTF-8."""
-    data = path.read_bytes()
-    if data.startswith(b"\xef\xbb\xbf"):
-        raise DataError(f"{path}:1: the file starts with a UTF-8 byte-order mark (BOM), which JSON Lines does "
-                        "not allow; save it as UTF-8 without BOM")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8") from None
-    return text.splitlines()
-
-
-def read_jsonl(text_field: str, text_pair_field: str | None, label_field: str | None, kind: str,
-               label_names: tuple[str, ...], options_field: str | None):
-    """A reader for a user's JSONL task; string labels are mapped through label_names. Each example
-    remembers its line (``_line``) until ``check_examples`` has seen it, so errors name it."""
-
-    def read(paths: list[Path], split: str) -> list[Example]:
-        out = []
-        for path in paths:
-            for number, line in enumerate(read_text_lines(path), 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{number}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{where}: expected a JSON object, found {type(row).__name__}")
-                needed = (text_field,) if kind == "language_modeling" else (text_field, label_field, text_pair_field,
-                                                                             options_field)
-                missing = [f for f in needed if f and f not in row]
-                if missing:
-                    raise DataError(f"{where}: no field(s) {missing}; the line has {sorted(row)}")
-                if kind == "language_modeling":
-                    out.append({"text": row[text_field], "_line": number})
-                    continue
-                label = row[label_field]
-                if kind == "multiple_choice":
-                    if not isinstance(row[options_field], list) or len(row[options_field]) < 2:
-                        raise DataError(f"{where}: {options_field} must be a list of at least two options")
-                    options = [str(o) for o in row[options_field]]
-                    index = options.index(label) if isinstance(label, str) and label in options else label
-                    if isinstance(index, str):
-                        raise DataError(f"{where}: answer {label!r} is not one of the options {options}")
-                    out.append({"prompt": row[text_field], "options": options, "label": index, "_line": number})
-                    continue
-                if kind == "classification" and isinstance(label, str):
-                    if label not in label_names:
-                        raise DataError(f"{where}: label {label!r} is not one of label_names {list(label_names)}")
-                    label = label_names.index(label)
-                if kind == "regression" and isinstance(label, (str, int)) and not isinstance(label, bool):
-                    try:
-                        label = float(label)
-                    except ValueError:
-                        raise DataError(f"{where}: the score {label!r} is not a number") from None
-                example = {"text": row[text_field], "label": label, "_line": number}
-                if text_pair_field:
-                    example["text_pair"] = row[text_pair_field]
-                out.append(example)
-        return out
-
-    return read
-
-
-# --- the hub: the same tasks, by name -----------------------------------------------------------------
-def _hub_glue(config: str, text: str, text_pair: str | None, regression: bool = False, splits=None):
-    def load(split: str) -> list[Example]:
-        import datasets
-
-        name = (splits or {}).get(split, {"validation": "validation", "test": "validation", "train": "train"}[split])
-        rows = datasets.load_dataset("nyu-mll/glue", config, split=name)
-        return [{"text": r[text], **({"text_pair": r[text_pair]} if text_pair else {}),
-                 "label": float(r["label"]) if regression else int(r["label"])} for r in rows]
-
-    return load
-
-
-def _hub_choice(path: str, config: str | None, convert: Callable[[dict], Example]):
-    def load(split: str) -> list[Example]:
-        import datasets
-
-        name = {"train": "train", "validation": "validation", "test": "test"}[split]
-        return [convert(r) for r in datasets.load_dataset(path, config, split=name)]
-
-    return load
-
-
-def _arc_row(r: dict) -> Example:
-    texts = r["choices"]["text"]
-    letters = list(r["choices"]["label"])
-    listed = " ".join(f"Answer{i + 1}: {t}" for i, t in enumerate(texts))
-    fmt = "/".join(f"answer{i + 1}" for i in range(len(texts)))
-    instruction = f"Please choose the correct answer to the question: {r.get('question') or r.get('question_stem')}\n\n{listed}\n\nAnswer format: {fmt}"
-    return llm_adapters_example(instruction, "", f"answer{letters.index(r['answerKey']) + 1}")
-
-
-def _boolq_row(r: dict) -> Example:
-    instruction = (f"Please answer the following question with true or false, question: {r['question']}?"
-                   "\n\nAnswer format: true/false")
-    return llm_adapters_example(instruction, "", "true" if r["answer"] else "false")
-
-
-def _hub_wikitext(split: str) -> list[Example]:
-    import datasets
-
-    rows = datasets.load_dataset("Salesforce/wikitext", "wikitext-2-v1", split=split)
-    return [{"text": r["text"].strip()} for r in rows if r["text"].strip()]
-
-
 # --- the registry ---------------------------------------------------------------------------------------
 TASKS: dict[str, Task] = {}
 
@@ -399,55 +213,55 @@ _PAIR = "{text}\n{text_pair}\n"
 for _task in [
     Task("cola", "classification", ("mcc", "accuracy"),
          {"train": ("glue/CoLA/in_domain_train.tsv",), "validation": ("glue/CoLA/in_domain_dev.tsv",),
-          "test": ("glue/CoLA/in_domain_dev.tsv",)}, read_cola, _hub_glue("cola", "sentence", None),
+          "test": ("glue/CoLA/in_domain_dev.tsv",)}, read_cola, hub_glue("cola", "sentence", None),
          ("unacceptable", "acceptable"),
          "Sentence: {text}\nIs this sentence grammatically acceptable or unacceptable?\nAnswer: ",
          description="CoLA: grammatical acceptability (MCC); test = in-domain dev"),
     Task("sst2", "classification", ("accuracy",),
          {"train": ("glue/SST-2/train.tsv",), "validation": ("glue/SST-2/dev.tsv",), "test": ("glue/SST-2/test.tsv",)},
          read_tsv_columns("sentence", None, "label"),
-         _hub_glue("sst2", "sentence", None, splits={"validation": "validation", "test": "validation"}),
+         hub_glue("sst2", "sentence", None, splits={"validation": "validation", "test": "validation"}),
          ("negative", "positive"), "Sentence: {text}\nIs the sentiment of this sentence positive or negative?\nAnswer: ",
          description="SST-2: sentiment (accuracy); test = GLUE dev"),
     Task("mrpc", "classification", ("f1", "accuracy"),
          {"train": ("glue/MRPC/msr_paraphrase_train.txt",), "test": ("glue/MRPC/msr_paraphrase_test.txt",)},
-         read_tsv_columns("#1 String", "#2 String", "Quality"), _hub_glue("mrpc", "sentence1", "sentence2"),
+         read_tsv_columns("#1 String", "#2 String", "Quality"), hub_glue("mrpc", "sentence1", "sentence2"),
          ("not_equivalent", "equivalent"),
          "Sentence 1: {text}\nSentence 2: {text_pair}\nDo these sentences mean the same thing? Answer: ",
          holdout="validation", description="MRPC: paraphrase (F1, accuracy)"),
     Task("rte", "classification", ("accuracy",),
          {"train": ("glue/RTE/train.tsv",), "validation": ("glue/RTE/dev.tsv",), "test": ("glue/RTE/dev.tsv",)},
-         read_tsv_columns("sentence1", "sentence2", "label"), _hub_glue("rte", "sentence1", "sentence2"),
+         read_tsv_columns("sentence1", "sentence2", "label"), hub_glue("rte", "sentence1", "sentence2"),
          ("entailment", "not_entailment"),
          "Premise: {text}\nHypothesis: {text_pair}\nDoes the premise entail the hypothesis? Answer: ",
          description="RTE: entailment (accuracy); test = dev"),
     Task("qnli", "classification", ("accuracy",),
-         {s: ("glue/QNLI/dev.tsv",) for s in SPLITS}, read_qnli_dev, _hub_glue("qnli", "question", "sentence"),
+         {s: ("glue/QNLI/dev.tsv",) for s in SPLITS}, read_qnli_dev, hub_glue("qnli", "question", "sentence"),
          ("entailment", "not_entailment"),
          "Question: {text}\nSentence: {text_pair}\nDoes the sentence answer the question? Answer: ",
          description="QNLI: question answering entailment (accuracy); GLUE dev split 80/10/10 here"),
     Task("stsb", "regression", ("spearman", "pearson"),
          {"train": ("glue/STS-B/train.tsv",), "validation": ("glue/STS-B/dev.tsv",), "test": ("glue/STS-B/dev.tsv",)},
          read_tsv_columns("sentence1", "sentence2", "score", regression=True),
-         _hub_glue("stsb", "sentence1", "sentence2", regression=True),
+         hub_glue("stsb", "sentence1", "sentence2", regression=True),
          description="STS-B: similarity regression 0..5 (Spearman, Pearson); test = dev"),
     Task("stsbenchmark", "regression", ("spearman", "pearson"),
          {"train": ("stsbenchmark/sts-train.csv",), "validation": ("stsbenchmark/sts-dev.csv",),
           "test": ("stsbenchmark/sts-test.csv",)}, read_stsbenchmark,
-         _hub_choice("sentence-transformers/stsb", None,
+         hub_choice("sentence-transformers/stsb", None,
                      lambda r: {"text": r["sentence1"], "text_pair": r["sentence2"], "label": 5 * float(r["score"])}),
          description="STS Benchmark (original release, labelled test set)"),
     Task("wikitext2", "language_modeling", ("perplexity",),
-         {"validation": ("wikitext-2/valid.txt",), "test": ("wikitext-2/test.txt",)}, read_wikitext, _hub_wikitext,
+         {"validation": ("wikitext-2/valid.txt",), "test": ("wikitext-2/test.txt",)}, read_wikitext, hub_wikitext,
          description="WikiText-2 (tokenized) language modelling (perplexity)"),
 ]:
     register_task(_task)
 
 _CSR_HUB = {
-    "arc-c": _hub_choice("allenai/ai2_arc", "ARC-Challenge", _arc_row),
-    "arc-e": _hub_choice("allenai/ai2_arc", "ARC-Easy", _arc_row),
-    "obqa": _hub_choice("allenai/openbookqa", "main", _arc_row),
-    "boolq": _hub_choice("google/boolq", None, _boolq_row),
+    "arc-c": hub_choice("allenai/ai2_arc", "ARC-Challenge", arc_row),
+    "arc-e": hub_choice("allenai/ai2_arc", "ARC-Easy", arc_row),
+    "obqa": hub_choice("allenai/openbookqa", "main", arc_row),
+    "boolq": hub_choice("google/boolq", None, boolq_row),
 }
 for _name, _folder in [("arc-c", "ARC-Challenge"), ("arc-e", "ARC-Easy"), ("boolq", "boolq"), ("obqa", "openbookqa"),
                        ("piqa", "piqa"), ("siqa", "social_i_qa"), ("winogrande", "winogrande"),

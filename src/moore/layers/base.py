@@ -24,6 +24,11 @@ def linear_weight(layer: nn.Module) -> torch.Tensor:
     raise TypeError(f"{type(layer).__name__} is not a linear layer (nn.Linear or transformers Conv1D)")
 
 
+def layer_type(layer: nn.Module) -> str:
+    """"linear" or "conv1d" (GPT-2's transposed ``Conv1D``): what merging gives back."""
+    return "conv1d" if isinstance(layer, Conv1D) else "linear"
+
+
 def dense_layer(weight: torch.Tensor, bias: torch.Tensor | None, layer_type: str) -> nn.Module:
     """A plain ``nn.Linear`` (or ``Conv1D``) holding a (Dout, Din) weight: what merging returns."""
     out_features, in_features = weight.shape

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from ..config import AdapterConfig, check_non_negative_int, register_method
-from ..householder import apply_householder, pair_init
-from .base import AdapterLayer, dense_layer, linear_weight
+from ..householder import apply_householder, fold_into_rows, pair_init
+from .base import AdapterLayer, dense_layer, layer_type, linear_weight
 
 
 @dataclass
@@ -23,6 +23,7 @@ class HraConfig(AdapterConfig):
     """r: the number of reflections (even, so that H = I at init)."""
 
     method: ClassVar[str] = "hra"
+    size_field: ClassVar[str] = "r"
 
     r: int = 8
 
@@ -40,8 +41,7 @@ class HraLinear(AdapterLayer):
 
     def __init__(self, base_layer: nn.Module, config: HraConfig, routing):
         weight = linear_weight(base_layer)
-        layer_type = "linear" if isinstance(base_layer, nn.Linear) else "conv1d"
-        super().__init__(weight.shape[1], weight.shape[0], None, layer_type, routing)
+        super().__init__(weight.shape[1], weight.shape[0], None, layer_type(base_layer), routing)
         self.base_layer = base_layer
         self.reflections = nn.Parameter(pair_init(config.r, self.in_features).to(weight.device))  # (r, Din)
         self.merged = False
@@ -56,9 +56,8 @@ class HraLinear(AdapterLayer):
         return self.base_layer(apply_householder(x, self.reflections))  # W (H x) + b
 
     def _rotated_weight(self, transpose: bool) -> torch.Tensor:
-        weight = linear_weight(self.base_layer)
-        # W H = (Hᵀ Wᵀ)ᵀ: rotate W's rows with Hᵀ (and W Hᵀ with H)
-        return apply_householder(weight.float(), self.reflections.detach(), transpose=not transpose).to(weight.dtype)
+        """W H (or W Hᵀ, which undoes a merge)."""
+        return fold_into_rows(linear_weight(self.base_layer), self.reflections.detach(), inverse=transpose)
 
     @torch.no_grad()
     def merge(self):

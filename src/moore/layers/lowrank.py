@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -16,12 +17,14 @@ from torch import nn
 
 from ..config import AdapterConfig, check_non_negative_int
 from ..routing import TaskRouting
-from .base import AdapterLayer, dense_layer, linear_weight
+from .base import AdapterLayer, dense_layer, layer_type, linear_weight
 
 
 @dataclass
 class LowRankConfig(AdapterConfig):
     """r: rank of each expert; lora_alpha: the update is scaled by lora_alpha / r."""
+
+    size_field: ClassVar[str] = "r"
 
     r: int = 8
     lora_alpha: float = 16.0
@@ -60,8 +63,7 @@ class LowRankLayer(AdapterLayer):
 
     def __init__(self, base_layer: nn.Module, config: LowRankConfig, routing: TaskRouting):
         weight = linear_weight(base_layer)
-        layer_type = "linear" if isinstance(base_layer, nn.Linear) else "conv1d"
-        super().__init__(weight.shape[1], weight.shape[0], None, layer_type, routing)
+        super().__init__(weight.shape[1], weight.shape[0], None, layer_type(base_layer), routing)
         self.base_layer = base_layer
         self.scaling = config.lora_alpha / config.r
         self.dropout = nn.Dropout(config.lora_dropout) if config.lora_dropout else nn.Identity()

@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import AdapterConfig, check_non_negative_int, register_method
-from ..householder import compact_wy, pair_init
+from ..householder import compact_wy, fold_into_rows, pair_init
 from ..routing import TaskRouting
 from ..svd import cached_svd
-from .base import AdapterLayer, dense_layer, linear_weight
+from .base import AdapterLayer, dense_layer, layer_type, linear_weight
 
 
 @dataclass
@@ -33,7 +33,7 @@ class MooreConfig(AdapterConfig):
 
     task_dim: size of the task embedding t_k (Dt); 0 turns task-level routing off.
     sample_dim: width of the token-level router Γ (Ds); 0 turns token-level routing off, which
-        lets ``merge(task_id=k)`` produce one plain dense matrix per task.
+        lets ``merge_and_unload(task_id=k)`` produce one plain dense matrix per task.
     num_reflections: Householder reflections in H (L); must be even so that H = I at init.
     clamp_singular_values: use ReLU(σ + g) as the reference code does (the paper has no clamp).
     normalize_sample_router: feed the token-level router x / rms(x) instead of x (not in the
@@ -46,6 +46,7 @@ class MooreConfig(AdapterConfig):
 
     method: ClassVar[str] = "moore"
     counts_numerical_rank: ClassVar[bool] = True  # a layer's size depends on its weight's rank
+    size_field: ClassVar[str] = "task_dim"
 
     task_dim: int = 128
     sample_dim: int = 64
@@ -119,8 +120,7 @@ class MooreLinear(AdapterLayer):
                   svd_cache_dir=None, module_name: str = "", **_) -> "MooreLinear":
         weight = linear_weight(base_layer)
         u, s, vh = cached_svd(weight, config.svd_dtype, svd_cache_dir, name=f"the weight of {module_name or 'the layer'}")
-        layer_type = "linear" if isinstance(base_layer, nn.Linear) else "conv1d"
-        return cls(u, s, vh, base_layer.bias, config, routing, layer_type)
+        return cls(u, s, vh, base_layer.bias, config, routing, layer_type(base_layer))
 
     # --- the router -----------------------------------------------------------------------------
     def task_gate(self, task_ids: torch.Tensor | None) -> torch.Tensor:
@@ -134,7 +134,7 @@ class MooreLinear(AdapterLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (N, ..., Din) with N the batch (or batch·beams, or flattened tokens)
         if self.reflections_merged and self.training and torch.is_grad_enabled():
-            raise RuntimeError(f"{self.module_name or 'layer'}: reflections are merged; call unmerge() before training")
+            raise RuntimeError(f"{self.module_name or 'layer'}: reflections are merged; call unmerge_adapter() before training")
         dtype = x.dtype
         use_reflections = self.reflections is not None and not self.reflections_merged
         z = F.linear(x, self.vh)  # Vᵀ x: (..., r)
@@ -183,25 +183,17 @@ class MooreLinear(AdapterLayer):
         return self._gate(x, sample_proj).expand(*x.shape[:-1], self.rank)
 
     # --- inference --------------------------------------------------------------------------------
-    def _apply_h_to_vh(self, transpose: bool) -> None:
-        """vh ← vh H (fold) or vh Hᵀ (unfold), computed in float32 or better."""
-        y, t = compact_wy(self.reflections.detach())
-        vh = self.vh.to(torch.promote_types(self.vh.dtype, torch.float32))
-        t = t.T if transpose else t
-        folded = vh - (vh @ y.T.to(vh.dtype)) @ t.to(vh.dtype) @ y.to(vh.dtype)
-        self.vh = folded.to(self.vh.dtype)
-
     @torch.no_grad()
     def merge(self) -> None:
         """Fold H into V once: V'ᵀ = Vᵀ H (the paper's inference merge)."""
         if self.reflections is not None and not self.reflections_merged:
-            self._apply_h_to_vh(transpose=False)
+            self.vh = fold_into_rows(self.vh, self.reflections)
             self.reflections_merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
         if self.reflections_merged:
-            self._apply_h_to_vh(transpose=True)
+            self.vh = fold_into_rows(self.vh, self.reflections, inverse=True)
             self.reflections_merged = False
 
     @torch.no_grad()
@@ -210,13 +202,12 @@ class MooreLinear(AdapterLayer):
         if self.sample_down is not None:
             raise ValueError(
                 f"{self.module_name or 'layer'} routes every token (sample_dim > 0), so it has no single "
-                "dense matrix per task; merge(task_id=...) needs sample_dim=0 (merge() still folds H)"
+                "dense matrix per task; merge_and_unload(task_id=...) needs sample_dim=0 (merge_adapter() still folds H)"
             )
         work = torch.promote_types(self.vh.dtype, torch.float32)
         vh = self.vh.to(work)
         if self.reflections is not None and not self.reflections_merged:
-            y, t = compact_wy(self.reflections.to(work))
-            vh = vh - (vh @ y.T) @ t @ y
+            vh = fold_into_rows(vh, self.reflections)
         gate = self.s.to(work)
         if self.task_embedding is not None:
             ids = None if task_id is None else torch.tensor([task_id], device=self.s.device)

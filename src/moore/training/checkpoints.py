@@ -18,8 +18,11 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..errors import RunFolderError
 from ..io import atomic_write, finite_or_none
@@ -33,6 +36,39 @@ LOG_NAME = "log.jsonl"
 # what a run writes: --overwrite removes these and nothing else
 RUN_FILES = ("checkpoints", "best", "final", "results.json", "results.md", LOG_NAME, CONFIG_NAME, "tensorboard",
              "forgetting.png")
+
+
+# --- what a checkpoint holds besides the weights ------------------------------------------------------
+@dataclass
+class TrainerState:
+    """Where a run is: what a checkpoint holds besides the weights (plain data, loads with weights_only)."""
+
+    global_step: int = 0
+    stage: int = 0
+    stage_step: int = 0
+    best_score: float | None = None
+    best_step: int | None = None
+    stage_results: list[dict] = field(default_factory=list)  # the test scores after each stage
+    before: dict | None = None  # the test scores before training
+    zero_shot_before: dict | None = None
+    world_size: int = 1
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    mixer: dict | None = None
+    rng: list[torch.Tensor] | None = None  # each rank's CPU generator state
+    cuda_rng: list[torch.Tensor] | None = None  # each rank's CUDA generator state, on GPUs
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainerState":
+        known = {f.name for f in fields(cls)}
+        state = cls(**{k: v for k, v in data.items() if k in known})
+        if torch.is_tensor(state.rng):  # checkpoints of moore 0.1 held one state for rank 0
+            state.rng = [state.rng]
+        return state
+
+    def summary(self) -> dict:
+        return {"global_step": self.global_step, "stage": self.stage, "stage_step": self.stage_step,
+                "best_score": self.best_score, "best_step": self.best_step, "world_size": self.world_size}
 
 
 # --- folders written in one rename ------------------------------------------------------------------
@@ -107,6 +143,28 @@ class RunLock:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
             self._file.close()
             self._file = None
+
+
+def claim_run_folder(directory: Path, ctx, *, resume: bool, overwrite: bool) -> RunLock | None:
+    """Rank 0 locks the folder and checks that the run may write there (``prepare_output_dir``);
+    every rank learns the verdict, so a refused run stops everywhere. Returns rank 0's lock."""
+    lock, error = None, None
+    if ctx.is_main:
+        try:
+            if directory.exists() and not directory.is_dir():
+                raise RunFolderError(f"the output dir {directory} is a file")
+            lock = RunLock(directory).acquire()
+            prepare_output_dir(directory, resume=resume, overwrite=overwrite)
+        except RunFolderError as e:
+            if lock is not None:
+                lock.release()
+            error = e
+    (refused,) = ctx.all_reduce_sum([float(error is not None)])
+    if error is not None:
+        raise error
+    if refused:
+        raise RunFolderError(f"{directory}: rank 0 refused the output folder (see its error)")
+    return lock
 
 
 def prepare_output_dir(directory: Path, *, resume: bool, overwrite: bool) -> None:

@@ -61,6 +61,13 @@ class DistributedContext:
             for t in tensors:
                 dist.broadcast(t.data, src=0)
 
+    def check_replicas_agree(self, parameters) -> None:
+        """Every process must end with the same weights; a difference is a bug, never a result."""
+        if self.enabled:
+            sums = self.gather_object(float(sum(p.detach().double().sum() for p in parameters)))
+            if len(set(sums)) > 1:
+                raise RuntimeError(f"the processes ended with different weights (parameter sums {sums})")
+
 
 def init_distributed(device: str | None = None) -> DistributedContext:
     """The process group from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), or one process."""

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +22,21 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..data.tasks import Task
-from ..evaluation import (
-    evaluate_tasks,
-    forgetting_markdown,
-    forgetting_matrix,
-    plot_forgetting,
-    primary_average,
-    scores_table,
-)
-from ..errors import RunFolderError, TrainingDivergedError
+from ..evaluation import evaluate_tasks, forgetting_matrix, primary_average, results_markdown
+from ..errors import TrainingDivergedError
 from ..hub import check_model_source
 from ..io import write_json
 from ..multitask import MultiTaskModel
 from ..runconfig import ConfigError, RunConfig, build_tasks, check_data
 from .checkpoints import (
+    TrainerState,
     CONFIG_NAME,
     LOG_NAME,
     STATE_NAME,
     JsonlLog,
-    RunLock,
+    claim_run_folder,
     config_differences,
     latest_checkpoint,
-    prepare_output_dir,
     prune_checkpoints,
     replace_dir,
 )
@@ -53,38 +46,6 @@ from .schedules import lr_multiplier
 
 logger = logging.getLogger(__name__)
 
-
-
-@dataclass
-class TrainerState:
-    """Where a run is: what a checkpoint holds besides the weights (plain data, loads with weights_only)."""
-
-    global_step: int = 0
-    stage: int = 0
-    stage_step: int = 0
-    best_score: float | None = None
-    best_step: int | None = None
-    stage_results: list[dict] = field(default_factory=list)  # the test scores after each stage
-    before: dict | None = None  # the test scores before training
-    zero_shot_before: dict | None = None
-    world_size: int = 1
-    optimizer: dict | None = None
-    scheduler: dict | None = None
-    mixer: dict | None = None
-    rng: list[torch.Tensor] | None = None  # each rank's CPU generator state
-    cuda_rng: list[torch.Tensor] | None = None  # each rank's CUDA generator state, on GPUs
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainerState":
-        known = {f.name for f in fields(cls)}
-        state = cls(**{k: v for k, v in data.items() if k in known})
-        if torch.is_tensor(state.rng):  # checkpoints of moore 0.1 held one state for rank 0
-            state.rng = [state.rng]
-        return state
-
-    def summary(self) -> dict:
-        return {"global_step": self.global_step, "stage": self.stage, "stage_step": self.stage_step,
-                "best_score": self.best_score, "best_step": self.best_step, "world_size": self.world_size}
 
 
 class Trainer:
@@ -131,24 +92,6 @@ class Trainer:
 
     def latest_checkpoint(self) -> Path | None:
         return latest_checkpoint(self.checkpoint_dir)
-
-    def _claim_output_dir(self, resume: bool, overwrite: bool) -> RunLock | None:
-        """Rank 0 locks the folder and checks it may write there; every rank learns the verdict."""
-        lock, error = None, None
-        if self.ctx.is_main:
-            try:
-                lock = RunLock(self.output_dir).acquire()
-                prepare_output_dir(self.output_dir, resume=resume, overwrite=overwrite)
-            except RunFolderError as e:
-                if lock is not None:
-                    lock.release()
-                error = e
-        (refused,) = self.ctx.all_reduce_sum([float(error is not None)])
-        if error is not None:
-            raise error
-        if refused:
-            raise RunFolderError(f"{self.output_dir}: rank 0 refused the output folder (see its error)")
-        return lock
 
     def _checkpoint_to_resume(self, resume: bool) -> Path | None:
         """The checkpoint ``--resume`` continues from, once its config is known to be this run's."""
@@ -214,14 +157,13 @@ class Trainer:
 
     # --- the run ------------------------------------------------------------------------------
     def run(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-        lock = self._claim_output_dir(resume, overwrite)
+        lock = claim_run_folder(self.output_dir, self.ctx, resume=resume, overwrite=overwrite)
         try:
             torch.manual_seed(self.spec.seed)
             self._load_data()  # data errors surface before any model loads
             checkpoint = self._checkpoint_to_resume(resume)
             self.model = MultiTaskModel.build(
-                self.config.model.model_dump(), self.config.adapter, self.tasks,
-                task_specs=[s.model_dump(exclude_defaults=True) for s in self.config.tasks],
+                self.config.model, self.config.adapter, self.tasks, task_specs=self.config.tasks,
                 gradient_checkpointing=self.spec.gradient_checkpointing,
             ).to(self.ctx.device)
             if self.ctx.is_main:
@@ -396,16 +338,8 @@ class Trainer:
             log.log({"step": state.global_step, "stage": state.stage + 1, "split": self.config.evaluation.split,
                      "eval": results, "average": primary_average(results, self.tasks)})
 
-    def _check_replicas_agree(self) -> None:
-        """Every process must end with the same weights; a difference is a bug, never a result."""
-        if self.ctx.enabled:
-            sums = self.ctx.gather_object(float(sum(p.detach().double().sum() for p in self.model.parameters()
-                                                    if p.requires_grad)))
-            if len(set(sums)) > 1:
-                raise RuntimeError(f"the processes ended with different weights (parameter sums {sums})")
-
     def _finish(self, state: TrainerState) -> dict[str, Any]:
-        self._check_replicas_agree()
+        self.ctx.check_replicas_agree([p for p in self.model.parameters() if p.requires_grad])
         after = state.stage_results[-1]
         zero_shot = self._evaluate(self.zero_shot_data, final=True, task_id=None) if self.zero_shot else {}
         results = {
@@ -427,29 +361,11 @@ class Trainer:
             final = self.output_dir / "final"
             replace_dir(lambda tmp: self.model.save(tmp), final)
             write_json(self.output_dir / "results.json", results)
-            report = self._report(results)
+            report = results_markdown(results, self.tasks, self.zero_shot, self.stages, self.output_dir)
             (self.output_dir / "results.md").write_text(report + "\n")
             print("\n" + report)
             print(f"\nadapter and heads: {final}   results: {self.output_dir / 'results.json'}")
         return results
-
-    def _report(self, results: dict) -> str:
-        columns = {}
-        if results["before"]:
-            columns["before"] = results["before"]
-        columns["after"] = results["after"]
-        parts = [f"## Per-task scores ({results['split']} split; ×100 where a score is in [-1, 1])", "",
-                 scores_table(columns, self.tasks)]
-        if results["zero_shot"]:
-            zs = {"before": results["zero_shot_before"]} if results["zero_shot_before"] else {}
-            parts += ["", "## Zero-shot (unseen-task embedding)", "",
-                      scores_table({**zs, "after": results["zero_shot"]}, self.zero_shot)]
-        if "forgetting_matrix" in results:
-            matrix = results["forgetting_matrix"]
-            parts += ["", "## Forgetting matrix", "", forgetting_markdown(matrix, self.stages, self.tasks)]
-            plot_forgetting(matrix, self.stages, self.tasks, self.output_dir / "forgetting.png")
-            parts += ["", "![forgetting](forgetting.png)"]
-        return "\n".join(parts)
 
 
 def train(config: RunConfig, *, data_dir=None, output_dir=None, resume: bool = False, overwrite: bool = False,

@@ -19,11 +19,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .bench import SUITES, _git_commit, machine, resolve_adapter
-from .config import AdapterConfig
-from .io import write_json
-from .model import get_moore_model
-from .hub import load_base_model
+from ..config import AdapterConfig
+from ..hub import load_base_model
+from ..io import write_json
+from ..model import get_moore_model
+from .provenance import provenance
+from .suites import ABLATION, OURS, get_suite, resolve_adapter
 
 
 def _bytes(tensors) -> int:
@@ -89,13 +90,13 @@ def measure_efficiency(suite_name: str, results_dir: Path, batch_size: int | Non
                        length: int | None = None, repeats: int = 5) -> dict:
     """One row per method. The batch is the suite's ``efficiency`` setting (default 32 × 64); a
     decoder's is smaller, as its logits over the vocabulary dominate a step's memory."""
-    suite = SUITES[suite_name]
-    batch_size = batch_size or suite.get("efficiency", {}).get("batch_size", 32)
-    length = length or suite.get("efficiency", {}).get("length", 64)
-    spec = suite["config"]["model"]
+    suite = get_suite(suite_name)
+    batch_size = batch_size or suite.efficiency.get("batch_size", 32)
+    length = length or suite.efficiency.get("length", 64)
+    spec = suite.config["model"]
     base, tokenizer, kind = load_base_model(spec["name_or_path"])
     batch = _batch(kind, tokenizer, batch_size, length)
-    num_tasks = len(suite["config"]["tasks"])
+    num_tasks = len(suite.config["tasks"])
     task_ids = {"task_ids": torch.arange(batch_size) % num_tasks}
     rows = {}
     reference = copy.deepcopy(base)
@@ -104,18 +105,18 @@ def measure_efficiency(suite_name: str, results_dir: Path, batch_size: int | Non
     del reference
     frozen = copy.deepcopy(base).requires_grad_(False)
     rows["base"] = _measure(frozen, batch, {}, repeats, train=False)
-    for method in suite["methods"]:
-        if method.startswith("ablation"):
+    for method in suite.methods:
+        if suite.family(method) == ABLATION:
             continue
         adapter, _ = resolve_adapter(suite, method, base)
         model = get_moore_model(copy.deepcopy(base), AdapterConfig.from_dict({**adapter, "num_tasks": num_tasks}))
         rows[method] = _measure(model, batch, task_ids, repeats)
         rows[method]["trainable_parameters"] = model.get_nb_trainable_parameters()[0]
-        if method.startswith("moore"):
-            model.merge()  # H folded into V; the router still runs, so any mix of tasks in a batch
+        if suite.family(method) == OURS:
+            model.merge_adapter()  # H folded into V; the router still runs, so any mix of tasks in a batch
             rows[method + " (merged)"] = _measure(model, batch, task_ids, repeats, train=False)
             if not adapter.get("sample_dim"):  # no token routing: one task's layers are plain dense matrices
-                dense = model.merge(task_id=0)
+                dense = model.merge_and_unload(task_id=0)
                 rows[method + " (merged for one task)"] = _measure(dense, batch, {}, repeats, train=False)
         del model
         gc.collect()  # one method's model and optimizer state at a time: a 135M decoder × 12 would not fit
@@ -127,7 +128,6 @@ def measure_efficiency(suite_name: str, results_dir: Path, batch_size: int | Non
             row["train_memory_ratio"] = row["train_memory_bytes"] / ref_train["train_memory_bytes"]
         row["inference_ratio"] = row["inference_tokens_per_s"] / ref_infer
     record = {"suite": suite_name, "method": "efficiency", "batch": [batch_size, length], "repeats": repeats,
-              "rows": rows, "command": f"moore bench {suite_name} --methods efficiency",
-              "git_commit": _git_commit(), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+              "rows": rows, **provenance(f"moore bench {suite_name} --methods efficiency")}
     write_json(results_dir / "efficiency.json", record)
     return record

@@ -5,13 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .data.metrics import LOWER_IS_BETTER
-from .data.tasks import get_task
-
-METHOD_ORDER = ["full", "lora", "hra", "loramoe", "mixlora", "mosld", "hydralora", "mtl_lora", "omoe",
-                "moore-L0", "moore-L8", "moore-L8-rms"]
-ABLATION = [("ablation-task-only", "task routing only"), ("ablation-sample-only", "sample routing only"),
-            ("ablation-reflections-only", "reflections only"), ("moore-L8", "all three (MoORE, L = 8)")]
+from ..data.metrics import LOWER_IS_BETTER
+from ..data.tasks import get_task
+from .suites import ABLATION, FULL, OURS, PEER, REFERENCE, Suite, get_suite
 
 
 def _load(results_dir: Path) -> dict[str, dict]:
@@ -65,7 +61,7 @@ def _conflict_table(records: dict, methods: list[str], tasks: list[str]) -> list
     return lines
 
 
-def _bar_plot(path: Path, labels: list[str], values: list[float], title: str, ylabel: str,
+def _bar_plot(path: Path, labels: list[str], values: list[float], title: str, ylabel: str, highlight: list[bool],
               reference: float | None = None, reference_label: str = "") -> None:
     import matplotlib
 
@@ -73,7 +69,7 @@ def _bar_plot(path: Path, labels: list[str], values: list[float], title: str, yl
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(labels)), 3.6))
-    colors = ["tab:red" if label.startswith("moore") else "tab:blue" for label in labels]
+    colors = ["tab:red" if mine else "tab:blue" for mine in highlight]
     ax.bar(range(len(labels)), values, color=colors)
     for i, v in enumerate(values):
         ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
@@ -113,26 +109,44 @@ def _per_task_plot(path: Path, records: dict, methods: list[str], tasks: list[st
     plt.close(fig)
 
 
-def write_report(suite_name: str, results_dir: Path) -> Path:
-    from .bench import SUITES
-    from .routing_analysis import plot_routing
+def _lr(value: float) -> str:
+    """3e-4, not 0.0003."""
+    mantissa, exponent = f"{value:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
-    suite = SUITES[suite_name]
+
+def _setup(suite: Suite) -> str:
+    """How every method is trained, in words, from the suite's own settings."""
+    training = suite.config["training"]
+    heads = training.get("head_lr") is not None  # task heads: an encoder's classification/regression tasks
+    reference_lr = " (the reference code's)" if training["lr"] == 3e-4 else ""
+    text = ("Every method trains the same tasks with the same data, steps, schedule and seed; each peer's size "
+            "(rank) is matched to MoORE-L8's trainable-parameter count (`moore.match_budget`)"
+            + ("; task heads (the same for every method) are not counted" if heads else "")
+            + f". Adapters train at learning rate {_lr(training['lr'])}{reference_lr}"
+            + (f", task heads at {_lr(training['head_lr'])}" if heads else ""))
+    own = [(name, m.lr) for name, m in suite.methods.items() if m.lr is not None]
+    for name, lr in own:
+        what = "full fine-tuning trains every weight" if suite.family(name) == FULL else f"{name} trains"
+        text += f"; {what} at {_lr(lr)}"
+    return text + "."
+
+
+def write_report(suite_name: str, results_dir: Path) -> Path:
+    from ..routing_analysis import plot_routing
+
+    suite = get_suite(suite_name)
     records = _load(results_dir)
-    tasks = [t["name"] for t in suite["config"]["tasks"]]
-    methods = [m for m in METHOD_ORDER if m in records]
-    missing = [m for m in suite["methods"] if m not in records]
+    tasks = [t["name"] for t in suite.config["tasks"]]
+    methods = [m for m in suite.methods if m in records and suite.family(m) != ABLATION]
+    missing = [m for m in suite.methods if m not in records]
     base = records.get("base", {})
-    lines = [f"# {suite['title']}", "",
+    lines = [f"# {suite.title}", "",
              "Rebuilt from the JSON files in this folder by `moore bench " + suite_name + " --report`; each file holds "
              "one method's run with its exact command, git commit, seed and machine.", "",
-             f"**Subsampled to fit 2 CPU cores:** {suite['subsampling']}", "",
-             "Every method trains the same tasks with the same data, steps, schedule and seed; each peer's size "
-             "(rank) is matched to MoORE-L8's trainable-parameter count (`moore.match_budget`); task heads (the same "
-             "for every method) are not counted. Adapters train at learning rate 3e-4 (the reference code's), task "
-             "heads at 3e-3; full fine-tuning trains every weight at 5e-5.", ""]
-    if suite.get("notes"):
-        lines += [suite["notes"], ""]
+             f"**Subsampled to fit 2 CPU cores:** {suite.subsampling}", "", _setup(suite), ""]
+    if suite.notes:
+        lines += [suite.notes, ""]
     if missing:
         lines += [f"Not run yet: {', '.join(missing)} (`moore bench {suite_name} --methods "
                   f"{','.join(missing)}` adds them).", ""]
@@ -142,7 +156,7 @@ def write_report(suite_name: str, results_dir: Path) -> Path:
         lines += [f"Machine: {machine['processor']}, {machine['cpu_count']} CPUs, torch {machine['torch']}"
                   f"{', GPU ' + machine['gpu'] if machine.get('gpu') else ', no GPU'}; commits {', '.join(commits)}.", ""]
         lines += ["## Conflict: per-task scores (test split, ×100)", ""] + _conflict_table(records, methods, tasks)
-        sizes = [t["max_eval"] for t in suite["config"]["tasks"] if t.get("max_eval")]
+        sizes = [t["max_eval"] for t in suite.config["tasks"] if t.get("max_eval")]
         if sizes:  # one seed and small test samples: say how far apart two scores must be to mean much
             scored = min(sizes)
             half_width = 100 * 1.96 * (0.25 / scored) ** 0.5
@@ -152,11 +166,11 @@ def write_report(suite_name: str, results_dir: Path) -> Path:
         _per_task_plot(results_dir / "per_task.png", records, methods, tasks)
         averages = [100 * records[m]["average"] for m in methods]
         _bar_plot(results_dir / "average.png", methods, averages, "Average of the tasks' primary metrics",
-                  "score ×100")
+                  "score ×100", [suite.family(m) == OURS for m in methods])
         lines += ["![average](average.png)", ""]
-        lines += _verdict(records, methods, tasks)
+        lines += _verdict(records, methods, tasks, suite)
 
-    zero_names = [z["name"] for z in suite["config"]["evaluation"].get("zero_shot", [])]
+    zero_names = [z["name"] for z in suite.config["evaluation"].get("zero_shot", [])]
     if methods and zero_names:
         lines += ["## Oblivion: what the base model could do before (unseen-task embedding)", ""]
         header = "| method | " + " | ".join(f"{z} ({get_task(z).metric})" for z in zero_names) + " |"
@@ -188,13 +202,14 @@ def write_report(suite_name: str, results_dir: Path) -> Path:
             ref = _zero_shot(base, first)
             _bar_plot(results_dir / "oblivion.png", methods, [scale * v for v in values],
                       f"Oblivion: zero-shot {first} {metric} after multi-task adaptation", f"{metric}",
-                      None if ref is None else scale * ref, "base model")
+                      [suite.family(m) == OURS for m in methods], None if ref is None else scale * ref, "base model")
             lines += ["", "![oblivion](oblivion.png)"]
         lines += ["", "Δ: change against the base model (points ×100; perplexity: absolute). The adapted model is "
                   "run with the mean task embedding (MoORE, MTL-LoRA) or as it is (the others).", ""]
-        lines += _oblivion_verdict(records, methods, zero_names)
+        lines += _oblivion_verdict(records, methods, zero_names, suite)
 
-    ablation = [(m, label) for m, label in ABLATION if m in records]
+    parts = [m for m in suite.methods if suite.family(m) == ABLATION] + [REFERENCE]  # all three = MoORE-L8
+    ablation = [(m, suite.methods[m].label) for m in parts if m in records]
     if len(ablation) > 1:
         lines += ["## Ablation (paper Table 13)", ""]
         header = "| variant | #params | " + " | ".join(tasks) + " | average | " + " | ".join(
@@ -207,7 +222,7 @@ def write_report(suite_name: str, results_dir: Path) -> Path:
                 _pct(_primary(r, t)[1]) for t in tasks) + f" | {_pct(r['average'])} | " + " | ".join(zero) + " |")
         lines.append("")
 
-    routing = records.get("moore-L8", {}).get("routing")
+    routing = records.get(REFERENCE, {}).get("routing")
     if routing:
         plot_routing(routing, results_dir / "routing_weights.png", results_dir / "routing_distances.png")
         lines += ["## Routing analysis (MoORE-L8)", "",
@@ -232,7 +247,7 @@ def write_report(suite_name: str, results_dir: Path) -> Path:
         for name, row in rows.items():
             lines.append(f"| {name} | {ratio(row, 'train_step_ratio')} | {ratio(row, 'train_memory_ratio')} | "
                          f"{row['inference_ratio']:.2f}× |")
-        lines += [""] + _efficiency_verdict(rows)
+        lines += [""] + _efficiency_verdict(rows, suite)
 
     lines += ["## Raw results", "", "One JSON file per method in this folder: " + ", ".join(
         f"[{name}.json]({name}.json)" for name in records) + "."]
@@ -241,12 +256,12 @@ def write_report(suite_name: str, results_dir: Path) -> Path:
     return path
 
 
-def _verdict(records: dict, methods: list[str], tasks: list[str]) -> list[str]:
+def _verdict(records: dict, methods: list[str], tasks: list[str], suite: Suite) -> list[str]:
     """Plain sentences on where MoORE wins and where it loses."""
-    if "moore-L8" not in records:
+    if REFERENCE not in records:
         return []
-    moore = records["moore-L8"]
-    peers = [m for m in methods if not m.startswith("moore")]
+    moore = records[REFERENCE]
+    peers = [m for m in methods if suite.family(m) != OURS]
     better = [m for m in peers if records[m]["average"] > moore["average"]]
     lines = []
     if better:
@@ -264,17 +279,17 @@ def _verdict(records: dict, methods: list[str], tasks: list[str]) -> list[str]:
     return lines + [""]
 
 
-def _oblivion_verdict(records: dict, methods: list[str], zero_names: list[str]) -> list[str]:
+def _oblivion_verdict(records: dict, methods: list[str], zero_names: list[str], suite: Suite) -> list[str]:
     """Per zero-shot task: the peers that kept more of the base model's skill than MoORE-L8."""
-    if "moore-L8" not in records:
+    if REFERENCE not in records:
         return []
-    peers = [m for m in methods if not m.startswith("moore")]
+    peers = [m for m in methods if suite.family(m) != OURS]
     lines = []
     for z in zero_names:
         metric = get_task(z).metric
         sign = -1 if metric in LOWER_IS_BETTER else 1
-        values = {m: _zero_shot(records[m], z) for m in [*peers, "moore-L8"]}
-        mine = values["moore-L8"]
+        values = {m: _zero_shot(records[m], z) for m in [*peers, REFERENCE]}
+        mine = values[REFERENCE]
         if mine is None:
             continue
         ahead = [m for m in peers if values[m] is not None and sign * values[m] > sign * mine]
@@ -285,13 +300,13 @@ def _oblivion_verdict(records: dict, methods: list[str], zero_names: list[str]) 
     return lines + [""] if lines else []
 
 
-def _efficiency_verdict(rows: dict) -> list[str]:
+def _efficiency_verdict(rows: dict, suite: Suite) -> list[str]:
     """Which peers are cheaper than MoORE-L8 (its best case: merged, for inference)."""
-    if "moore-L8" not in rows:
+    if REFERENCE not in rows:
         return []
-    peers = [m for m in rows if not m.startswith(("moore", "base", "full"))]
-    moore = rows["moore-L8"]
-    infer = rows.get("moore-L8 (merged)", moore)["inference_ratio"]
+    peers = [m for m in rows if suite.family(m) == PEER]
+    moore = rows[REFERENCE]
+    infer = rows.get(f"{REFERENCE} (merged)", moore)["inference_ratio"]
     out = []
     for key, label in (("train_step_ratio", "training step time"), ("train_memory_ratio", "training memory"),
                        ("inference_ratio", "inference speed (MoORE merged)")):

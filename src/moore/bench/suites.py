@@ -1,0 +1,168 @@
+"""The benchmark suites and the one list of compared methods.
+
+A suite is plain data: the run config every method shares, the methods (in the order the report
+shows them), and what the report says about how the suite was cut down. Peers marked ``budget``
+are sized to the suite's reference method (MoORE-L8) with ``moore.match_budget``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..budget import count_trainable_parameters, match_budget
+from ..config import AdapterConfig
+from ..layers import (
+    FullFinetuneConfig,
+    HraConfig,
+    HydraLoraConfig,
+    LoraConfig,
+    LoraMoeConfig,
+    MixLoraConfig,
+    MooreConfig,
+    MosldConfig,
+    MtlLoraConfig,
+    OmoeConfig,
+)
+
+REFERENCE = "moore-L8"  # the method every peer's budget is matched to, and the report's subject
+# families of methods: what the report compares with what
+OURS, PEER, FULL, ABLATION = "ours", "peer", "full-model", "ablation"
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of a suite: an adapter config (as a dict) and how the suite treats it.
+
+    family: FULL (every weight trains), PEER (a compared adapter), OURS (MoORE and its variants),
+        or ABLATION (MoORE with parts switched off, paper Table 13).
+    budget: size the adapter to the reference method's trainable-parameter count.
+    lr: a learning rate of its own (full fine-tuning); None takes the suite's.
+    label: how the ablation table names it.
+    """
+
+    adapter: dict[str, Any]
+    family: str
+    budget: bool = False
+    lr: float | None = None
+    label: str = ""
+
+
+def compared_methods(moore: dict[str, Any], num_experts: int) -> dict[str, Method]:
+    """Full fine-tuning, every peer sized to MoORE-L8's budget, and MoORE with L = 0 and 8."""
+    experts = {"num_experts": num_experts}
+    return {
+        "full": Method({"method": FullFinetuneConfig.method}, FULL, lr=5e-5),
+        "lora": Method({"method": LoraConfig.method}, PEER, budget=True),
+        "hra": Method({"method": HraConfig.method}, PEER, budget=True),
+        "loramoe": Method({"method": LoraMoeConfig.method, **experts}, PEER, budget=True),
+        "mixlora": Method({"method": MixLoraConfig.method, **experts, "top_k": 2}, PEER, budget=True),
+        "mosld": Method({"method": MosldConfig.method, **experts}, PEER, budget=True),
+        "hydralora": Method({"method": HydraLoraConfig.method, **experts}, PEER, budget=True),
+        "mtl_lora": Method({"method": MtlLoraConfig.method, **experts}, PEER, budget=True),
+        "omoe": Method({"method": OmoeConfig.method, **experts}, PEER, budget=True),
+        "moore-L0": Method({**moore, "num_reflections": 0}, OURS),
+        REFERENCE: Method({**moore, "num_reflections": 8}, OURS, label="all three (MoORE, L = 8)"),
+    }
+
+
+def ablation(moore: dict[str, Any]) -> dict[str, Method]:
+    """Paper Table 13: task routing only, sample routing only, reflections only (all three = MoORE-L8)."""
+    dt, ds = moore["task_dim"], moore["sample_dim"]
+    return {
+        "ablation-task-only": Method({**moore, "task_dim": dt, "sample_dim": 0, "num_reflections": 0}, ABLATION,
+                                     label="task routing only"),
+        "ablation-sample-only": Method({**moore, "task_dim": 0, "sample_dim": ds, "num_reflections": 0}, ABLATION,
+                                       label="sample routing only"),
+        "ablation-reflections-only": Method({**moore, "task_dim": 0, "sample_dim": 0, "num_reflections": 8},
+                                            ABLATION, label="reflections only"),
+    }
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    title: str
+    config: dict[str, Any]  # the run config every method shares (YAML sections, without adapter)
+    methods: dict[str, Method]  # in the report's order
+    routing_layer: str
+    subsampling: str
+    published_zero_shot: dict[str, dict[str, float]] = field(default_factory=dict)
+    notes: str = ""
+    efficiency: dict[str, int] = field(default_factory=dict)  # batch_size, length of the efficiency run
+
+    def family(self, row: str) -> str:
+        """The family of a method or of a report row named after one ("moore-L8 (merged)")."""
+        method = self.methods.get(row.split(" (")[0])
+        return method.family if method else "base"
+
+
+_MOORE_NLU = {"method": MooreConfig.method, "task_dim": 32, "sample_dim": 16}
+_MOORE_CSR = {"method": MooreConfig.method, "task_dim": 64, "sample_dim": 32}
+
+SUITES: dict[str, Suite] = {s.name: s for s in [
+    Suite(
+        name="nlu-mtl-mini",
+        title="NLU-MTL-mini: all-MiniLM-L6-v2 on five GLUE tasks at once",
+        config={
+            "model": {"name_or_path": "minilm", "max_length": 64},
+            "tasks": [{"name": n, "max_train": 1000, "max_eval": 300} for n in ("cola", "sst2", "mrpc", "rte", "qnli")],
+            "training": {"steps": 200, "batch_size": 32, "lr": 3e-4, "weight_decay": 0.01, "schedule": "wsd",
+                         "warmup_steps": 0.06, "decay_steps": 0.2, "mixing": "proportional", "seed": 0,
+                         "log_every": 10, "head_lr": 3e-3, "save_every": 50},
+            "evaluation": {"batch_size": 64, "split": "test", "zero_shot": [{"name": "stsbenchmark"}]},
+        },
+        methods={**compared_methods(_MOORE_NLU, 4), **ablation(_MOORE_NLU)},
+        routing_layer="encoder.layer.3.attention.self.query",
+        published_zero_shot={"stsbenchmark": {"spearman": 0.8203}},
+        subsampling="1000 training examples per task (fixed seed), 300 scored per task (test split; CoLA, RTE: "
+                    "GLUE dev; SST-2: GLUE dev; MRPC: its test file; QNLI: the held-out tenth of GLUE dev); "
+                    "200 optimizer steps of 32; sequences cut at 64 tokens. STS Benchmark test in full.",
+    ),
+    Suite(
+        name="csr-mtl-mini",
+        title="CSR-MTL-mini: SmolLM2-135M-Instruct on four commonsense tasks at once",
+        config={
+            "model": {"name_or_path": "smollm2", "max_length": 160},
+            "tasks": [{"name": n, "max_train": 400, "max_eval": 150} for n in ("arc-c", "arc-e", "boolq", "obqa")],
+            "training": {"steps": 60, "batch_size": 8, "lr": 3e-4, "schedule": "wsd", "warmup_steps": 0.06,
+                         "decay_steps": 0.2, "mixing": "proportional", "seed": 0, "log_every": 10, "save_every": 20},
+            "evaluation": {"batch_size": 16, "split": "test", "scoring": "loglik",
+                           "zero_shot": [{"name": "wikitext2", "max_eval": 200}, {"name": "sst2", "max_eval": 150},
+                                         {"name": "rte", "max_eval": 150}]},
+        },
+        methods={**compared_methods(_MOORE_CSR, 4),
+                 "moore-L8-rms": Method({**_MOORE_CSR, "num_reflections": 8, "normalize_sample_router": True},
+                                        OURS)},
+        notes="`moore-L8-rms` is not in the paper: MoORE-L8 whose token-level router sees x / rms(x) instead "
+              "of x (`normalize_sample_router=True`). SmolLM2's first token carries a massive activation (its "
+              "MLP input at layer 11 has norm ~3000 against a median of ~6), and the paper's linear router "
+              "gives it offsets of the size of the singular values themselves.",
+        routing_layer="model.layers.15.self_attn.q_proj",
+        efficiency={"batch_size": 4, "length": 128},  # OMoE needs ~20 GB at 8 × 128
+        subsampling="400 training examples per task (fixed seed), 150 scored per task (test split); "
+                    "60 optimizer steps of 8 (480 examples, under a third of an epoch); sequences cut at 160 "
+                    "tokens; WikiText-2 test: its first 200 lines; SST-2 and RTE zero-shot: 150 each. "
+                    "Sized so that one method takes about 10 minutes on 2 CPU cores.",
+    ),
+]}
+
+
+def get_suite(name: str) -> Suite:
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; suites: {sorted(SUITES)}")
+    return SUITES[name]
+
+
+def resolve_adapter(suite: Suite, name: str, base_model) -> tuple[dict, dict]:
+    """(adapter dict, training overrides) for a method, sized to the reference method's budget where asked."""
+    method = suite.methods[name]
+    spec = dict(method.adapter)
+    training = {"lr": method.lr} if method.lr is not None else {}
+    if method.budget:
+        num_tasks = len(suite.config["tasks"])
+        reference = AdapterConfig.from_dict({**suite.methods[REFERENCE].adapter, "num_tasks": num_tasks})
+        budget = count_trainable_parameters(base_model, reference)
+        matched = match_budget(base_model, AdapterConfig.from_dict({**spec, "num_tasks": num_tasks}), budget)
+        spec = {k: v for k, v in matched.to_dict().items() if k != "num_tasks"}
+    return spec, training
