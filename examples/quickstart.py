@@ -135,7 +135,7 @@ def main() -> None:
         model.merge_adapter()  # fold the reflections into V once for inference
         merged_gap = (model(**probe, task_ids=[1]).last_hidden_state - routed).abs().max().item()
         model.unmerge_adapter()
-    print(f"\nmerge(): max |merged - unmerged| = {merged_gap:.2e}")
+    print(f"\nmerge_adapter(): max |merged - unmerged| = {merged_gap:.2e}")
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         size = sum(f.stat().st_size for f in Path(tmp).iterdir()) / 2**20

@@ -15,6 +15,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveFloat,
     PrivateAttr,
     ValidationError,
     ValidationInfo,
@@ -118,6 +119,8 @@ class TrainingSpec(_Strict):
     grad_accum_steps: int = Field(1, gt=0)
     lr: float = Field(1e-3, gt=0)
     head_lr: float | None = Field(None, gt=0, description="learning rate of the task heads (default: lr)")
+    param_lrs: dict[str, PositiveFloat] = Field(default_factory=dict, description="learning rates by parameter name, e.g. "
+                                        "{reflections: 1e-4} for MoORE's Householder vectors (default: lr)")
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["wsd", "cosine", "linear", "constant"] = "wsd"
     warmup_steps: int | float = Field(0.1, ge=0, description="optimizer steps, or a fraction of steps if < 1")
@@ -146,6 +149,8 @@ class EvaluationSpec(_Strict):
     before: bool = Field(False, description="score every task before training too")
     zero_shot: list[TaskSpec] = Field(default_factory=list,
                                       description="tasks scored with the unseen-task (mean) embedding, not trained")
+    track_zero_shot: bool = Field(False, description="also score the zero-shot tasks (validation split) at every "
+                                                     "evaluation: forgetting against training steps")
 
 
 class RunConfig(_Strict):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -125,18 +126,34 @@ class MultiTaskModel(nn.Module):
         unseen task: the mean task embedding). ``scoring``: "loglik" or "generate" for decoders;
         "similarity" scores a regression task zero-shot by the cosine of the two texts' encodings."""
         task = task if isinstance(task, Task) else self.tasks[self.task_id(task)]
+        if task.kind == "language_modeling":
+            tid = self.task_id(task.name) if task_id == "own" else task_id
+            with self._evaluating():
+                return {"perplexity": self.strategy.perplexity(examples, tid, batch_size, progress)}
+        predictions = self.predict(task, examples, batch_size=batch_size, scoring=scoring,
+                                   max_new_tokens=max_new_tokens, task_id=task_id, progress=progress)
+        references = [e["label"] for e in examples]
+        return {m: METRICS[m](predictions, references) for m in task.metrics if m in METRICS}
+
+    @torch.no_grad()
+    def predict(self, task: Task | str, examples: Sequence[Example], *, batch_size: int = 32,
+                scoring: str = "loglik", max_new_tokens: int = 16, task_id: int | None | str = "own",
+                progress: bool = False) -> list:
+        """One prediction per example: a class (or option) index, or a score for regression."""
+        task = task if isinstance(task, Task) else self.tasks[self.task_id(task)]
         tid = self.task_id(task.name) if task_id == "own" else task_id
+        with self._evaluating():
+            return self.strategy.predict(task, examples, tid, batch_size=batch_size, scoring=scoring,
+                                         max_new_tokens=max_new_tokens, progress=progress)
+
+    @contextmanager
+    def _evaluating(self):
         was_training = self.training
         self.eval()
         try:
-            if task.kind == "language_modeling":
-                return {"perplexity": self.strategy.perplexity(examples, tid, batch_size, progress)}
-            predictions = self.strategy.predict(task, examples, tid, batch_size=batch_size, scoring=scoring,
-                                                max_new_tokens=max_new_tokens, progress=progress)
+            yield
         finally:
             self.train(was_training)
-        references = [e["label"] for e in examples]
-        return {m: METRICS[m](predictions, references) for m in task.metrics if m in METRICS}
 
     # --- saving ----------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> None:

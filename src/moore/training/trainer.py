@@ -63,7 +63,8 @@ class Trainer:
         # everything a user can get wrong is refused here, before a process group or a model exists
         check_model_source(config.model.name_or_path, config.model.gguf_file)
         check_data(self.tasks, self.data_dir, ("train", "validation", eval_split))
-        check_data(self.zero_shot, self.data_dir, (eval_split,))
+        check_data(self.zero_shot, self.data_dir,
+                   (eval_split, "validation") if config.evaluation.track_zero_shot else (eval_split,))
         self.ctx: DistributedContext = init_distributed(device)
         self.model: MultiTaskModel | None = None
 
@@ -81,6 +82,10 @@ class Trainer:
         zs = {s.name: s for s in self.config.evaluation.zero_shot}
         self.zero_shot_data = {t.name: (t, t.load(self.data_dir, split, limit=zs[t.name].max_eval, seed=seed))
                                for t in self.zero_shot}
+        if self.config.evaluation.track_zero_shot:  # scored at every evaluation, on their validation split
+            self.zero_shot_validation = {
+                t.name: (t, t.load(self.data_dir, "validation", limit=zs[t.name].max_eval, seed=seed))
+                for t in self.zero_shot}
         for name, examples in self.train_data.items():
             logger.info("task %s: %d train, %d validation, %d %s examples", name, len(examples),
                         len(self.eval_data[name][1]), len(self.test_data[name][1]), split)
@@ -193,12 +198,13 @@ class Trainer:
         spec = self.spec
         heads = [p for name, head in self.model.heads.items() if name in stage_tasks for p in head.parameters()]
         head_ids = {id(p) for h in self.model.heads.values() for p in h.parameters()}
-        adapter = [p for p in self.model.parameters() if p.requires_grad and id(p) not in head_ids]
-        decay = [p for p in adapter if p.dim() >= 2]
-        no_decay = [p for p in adapter if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": spec.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0},
-                  {"params": heads, "weight_decay": spec.weight_decay, "lr": spec.head_lr or spec.lr}]
+        adapter = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in head_ids]
+        groups = []
+        for lr in [spec.lr, *sorted(set(spec.param_lrs.values()))]:  # param_lrs: a rate by parameter name
+            mine = [p for n, p in adapter if spec.param_lrs.get(n.rsplit(".", 1)[-1], spec.lr) == lr]
+            groups += [{"params": [p for p in mine if p.dim() >= 2], "weight_decay": spec.weight_decay, "lr": lr},
+                       {"params": [p for p in mine if p.dim() < 2], "weight_decay": 0.0, "lr": lr}]
+        groups.append({"params": heads, "weight_decay": spec.weight_decay, "lr": spec.head_lr or spec.lr})
         return torch.optim.AdamW([g for g in groups if g["params"]], lr=spec.lr, foreach=False)
 
     def _run_stage(self, stage: int, state: TrainerState, log: JsonlLog, resuming: bool) -> None:
@@ -308,8 +314,11 @@ class Trainer:
         stage_tasks = self.stages[state.stage]
         results = self._evaluate({n: self.eval_data[n] for n in stage_tasks})
         score = primary_average(results, [self.eval_data[n][0] for n in stage_tasks])
+        record = {"step": state.global_step, "split": "validation", "eval": results, "average": score}
+        if self.config.evaluation.track_zero_shot and self.zero_shot:  # forgetting, step by step
+            record["zero_shot"] = self._evaluate(self.zero_shot_validation, task_id=None)
         if self.ctx.is_main:
-            log.log({"step": state.global_step, "split": "validation", "eval": results, "average": score})
+            log.log(record)
             tqdm.write(f"step {state.global_step}: validation " + ", ".join(
                 f"{n} {self.eval_data[n][0].metric}={results[n][self.eval_data[n][0].metric]:.4f}" for n in stage_tasks))
         improved = score is not None and math.isfinite(score) and (state.best_score is None or score > state.best_score)
