@@ -24,6 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer  # noqa: E402
 
+from .errors import ConfigError  # noqa: E402
 from .layers.moore import MooreConfig  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -135,31 +136,51 @@ def demo(
 
 @app.command()
 def bench(
-    suite: Annotated[str, typer.Argument(help="nlu-mtl-mini or csr-mtl-mini")],
+    suite: Annotated[str, typer.Argument(help="nlu-mtl, nlu-mtl-quick, nlu-mtl-mini or csr-mtl-mini")],
     methods: Annotated[Optional[str], typer.Option(help="comma-separated subset (default: all, plus base and "
                                                    "efficiency); methods with a result are skipped")] = None,
     data_dir: DataDir = None,
     results_dir: Annotated[Optional[Path], typer.Option(help="default: benchmarks/results/SUITE")] = None,
     runs_dir: Annotated[Path, typer.Option(help="training runs (checkpoints; not part of the results)")] = Path("runs/bench"),
     report: Annotated[bool, typer.Option("--report", help="only rebuild REPORT.md and plots from the result files")] = False,
+    run: Annotated[Optional[str], typer.Option("--run", help="a study: train and score this one run of its plan")] = None,
+    workers: Annotated[int, typer.Option(help="a study: runs at a time, each its own process")] = 1,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda (default: the GPU if any)")] = None,
+    time_budget: Annotated[Optional[float], typer.Option(help="a study: start no run after this many seconds")] = None,
     progress: Annotated[bool, typer.Option(help="tqdm progress bars")] = True,
 ) -> None:
-    """Run every method of a suite on the same data and budget, then write the report."""
-    from .bench import SUITES, run_suite, write_report
+    """Run every method of a suite on the same data and budget (a study suite: its whole protocol), then
+    write the report."""
+    from .bench import get_suite, run_suite, write_report
+    from .bench.study import execute, run_study
+    from .bench.study_report import write_study_report
     from .data.tasks import default_data_dir
 
-    if suite not in SUITES:
-        _fail(f"unknown suite {suite!r}; suites: {sorted(SUITES)}")
-    results_dir = results_dir or Path("benchmarks/results") / suite
-    _setup_logging(False)
-    if not report:
+    with _user_errors():
         try:
-            run_suite(suite, [m.strip() for m in methods.split(",")] if methods else None, results_dir, runs_dir,
-                      data_dir or default_data_dir(), progress)
+            chosen = get_suite(suite)
         except ValueError as e:
-            _fail(str(e))
-    path = write_report(suite, results_dir)
-    typer.echo(f"report: {path}")
+            raise ConfigError(str(e)) from None
+    results_dir = results_dir or Path("benchmarks/results") / suite
+    data_dir = data_dir or default_data_dir()
+    _setup_logging(False)
+    with _user_errors():
+        if chosen.study is not None:
+            if run:
+                execute(suite, run, results_dir, runs_dir, data_dir, device=device, progress=progress)
+                return
+            if not report:
+                run_study(suite, results_dir, runs_dir, data_dir, workers=workers, device=device,
+                          time_budget=time_budget)
+            typer.echo(f"report: {write_study_report(suite, results_dir)}")
+            return
+        if not report:
+            try:
+                run_suite(suite, [m.strip() for m in methods.split(",")] if methods else None, results_dir, runs_dir,
+                          data_dir, progress)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        typer.echo(f"report: {write_report(suite, results_dir)}")
 
 
 def _adapter_dir(path: Path) -> Path:
@@ -187,7 +208,6 @@ def evaluate(
 ) -> None:
     """Score a trained adapter task by task."""
     from .data.tasks import default_data_dir, get_task
-    from .errors import ConfigError
     from .evaluation import evaluate_tasks, scores_table
     from .io import write_json
     from .multitask import MultiTaskModel

@@ -52,6 +52,8 @@ class TaskSpec(_Strict):
     name: str
     max_train: int | None = Field(None, gt=0, description="train on a fixed random subset of this size")
     max_eval: int | None = Field(None, gt=0, description="evaluate on a fixed random subset of this size")
+    max_validation: int | None = Field(None, gt=0, description="validate (checkpoint selection) on a fixed random "
+                                       "subset of this size (default: max_eval)")
     # a user's task: JSONL files and what the fields mean
     files: dict[str, str] | None = None
     kind: Literal["classification", "regression", "multiple_choice", "language_modeling"] | None = None

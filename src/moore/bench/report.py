@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..data.metrics import LOWER_IS_BETTER
 from ..data.tasks import get_task
-from .suites import ABLATION, FULL, OURS, PEER, REFERENCE, Suite, get_suite
+from .suites import ABLATION, FULL, OURS, PEER, REFERENCE, Suite, get_suite, lr_text
 
 
 def _load(results_dir: Path) -> dict[str, dict]:
@@ -109,12 +109,6 @@ def _per_task_plot(path: Path, records: dict, methods: list[str], tasks: list[st
     plt.close(fig)
 
 
-def _lr(value: float) -> str:
-    """3e-4, not 0.0003."""
-    mantissa, exponent = f"{value:e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-
-
 def _setup(suite: Suite) -> str:
     """How every method is trained, in words, from the suite's own settings."""
     training = suite.config["training"]
@@ -123,12 +117,12 @@ def _setup(suite: Suite) -> str:
     text = ("Every method trains the same tasks with the same data, steps, schedule and seed; each peer's size "
             "(rank) is matched to MoORE-L8's trainable-parameter count (`moore.match_budget`)"
             + ("; task heads (the same for every method) are not counted" if heads else "")
-            + f". Adapters train at learning rate {_lr(training['lr'])}{reference_lr}"
-            + (f", task heads at {_lr(training['head_lr'])}" if heads else ""))
+            + f". Adapters train at learning rate {lr_text(training['lr'])}{reference_lr}"
+            + (f", task heads at {lr_text(training['head_lr'])}" if heads else ""))
     own = [(name, m.lr) for name, m in suite.methods.items() if m.lr is not None]
     for name, lr in own:
         what = "full fine-tuning trains every weight" if suite.family(name) == FULL else f"{name} trains"
-        text += f"; {what} at {_lr(lr)}"
+        text += f"; {what} at {lr_text(lr)}"
     return text + "."
 
 

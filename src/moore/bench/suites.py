@@ -7,7 +7,7 @@ are sized to the suite's reference method (MoORE-L8) with ``moore.match_budget``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..budget import count_trainable_parameters, match_budget
@@ -80,6 +80,24 @@ def ablation(moore: dict[str, Any]) -> dict[str, Method]:
 
 
 @dataclass(frozen=True)
+class Study:
+    """How a suite is run as a study (``bench/study.py``): its grids, seeds and which methods get what."""
+
+    grids: dict[str, tuple[float, ...]]  # family -> learning rates; FULL, and "adapter" for the others
+    main_methods: tuple[str, ...]  # run at every seed (with the best peer of the grid)
+    single_methods: tuple[str, ...]  # also trained one task at a time
+    seeds: tuple[int, ...] = (0, 1, 2)
+    convergence: dict[str, float] = field(default_factory=dict)  # method -> rate of its long run
+    convergence_steps: int = 4000
+    eval_every: int = 200
+    plateau: float = 0.005  # a validation average within this of the best has stopped improving
+    reflection_factors: tuple[float, ...] = (0.1, 0.3)  # MoORE-L8's reflections at lr × these
+
+    def grid(self, family: str) -> tuple[float, ...]:
+        return self.grids[FULL] if family == FULL else self.grids["adapter"]
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str
     title: str
@@ -90,6 +108,7 @@ class Suite:
     published_zero_shot: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: str = ""
     efficiency: dict[str, int] = field(default_factory=dict)  # batch_size, length of the efficiency run
+    study: Study | None = None  # run as a study: converge, tune, repeat, single-task runs
 
     def family(self, row: str) -> str:
         """The family of a method or of a report row named after one ("moore-L8 (merged)")."""
@@ -146,6 +165,53 @@ SUITES: dict[str, Suite] = {s.name: s for s in [
                     "Sized so that one method takes about 10 minutes on 2 CPU cores.",
     ),
 ]}
+
+
+def _nlu_mtl(quick: bool) -> Suite:
+    """The NLU benchmark at convergence (issue: NLU-MTL at convergence). ``quick``: the same
+    protocol on a few examples and steps, three methods, for a smoke test."""
+    tasks = [{"name": "cola"}, {"name": "sst2", "max_train": 10000}, {"name": "mrpc"}, {"name": "rte"},
+             {"name": "qnli"}]
+    tasks = [{**t, "max_validation": 1000} for t in tasks]  # SST-2's dev set (6.7k) would dominate evaluation
+    methods = compared_methods(_MOORE_NLU, 4)
+    study = Study(grids={FULL: (2e-5, 5e-5, 1e-4), "adapter": (3e-4, 1e-3, 3e-3)},
+                  main_methods=("moore-L8", "moore-L0", "lora", "full"), single_methods=("moore-L8", "lora", "full"),
+                  convergence={"full": 5e-5, REFERENCE: 1e-3}, convergence_steps=4000, eval_every=200)
+    evaluation = {"batch_size": 128, "split": "test", "zero_shot": [{"name": "stsbenchmark"}], "track_zero_shot": True}
+    if quick:
+        tasks = [{**t, "max_train": 48, "max_eval": 16} for t in tasks[:3]]
+        methods = {m: methods[m] for m in ("full", "lora", REFERENCE)}
+        study = replace(study, grids={FULL: (5e-5,), "adapter": (1e-3,)}, main_methods=(REFERENCE,),
+                        single_methods=(REFERENCE,), seeds=(0, 1), convergence_steps=4, eval_every=2,
+                        reflection_factors=(0.1,))
+        evaluation["zero_shot"] = [{"name": "stsbenchmark", "max_eval": 16}]
+        tasks = [{**t, "max_validation": 16} for t in tasks]
+    return Suite(
+        name="nlu-mtl-quick" if quick else "nlu-mtl",
+        title="NLU-MTL: all-MiniLM-L6-v2 on five GLUE tasks at once, at convergence"
+              + (" (quick smoke test)" if quick else ""),
+        config={"model": {"name_or_path": "minilm", "max_length": 128}, "tasks": tasks,
+                "training": {"batch_size": 8 if quick else 32, "weight_decay": 0.01, "schedule": "wsd",
+                             "warmup_steps": 0.06, "decay_steps": 0.2, "mixing": "temperature", "temperature": 2.0,
+                             "log_every": 50, "head_lr": 3e-3, "keep_checkpoints": 1},
+                "evaluation": evaluation},
+        methods=methods,
+        routing_layer="encoder.layer.3.attention.self.query",
+        published_zero_shot={"stsbenchmark": {"spearman": 0.8203}},
+        subsampling="every training example of CoLA, MRPC, RTE and QNLI (QNLI: 80% of GLUE dev), SST-2 capped at "
+                    "10,000; temperature mixing (T = 2); full test sets; validation (at most 1,000 per task) held "
+                    "out of train where the data has none apart from its test set; sequences cut at 128 tokens.",
+        study=study,
+    )
+
+
+SUITES.update({s.name: s for s in (_nlu_mtl(False), _nlu_mtl(True))})
+
+
+def lr_text(value: float) -> str:
+    """3e-4, not 0.0003."""
+    mantissa, exponent = f"{value:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def get_suite(name: str) -> Suite:

@@ -102,7 +102,7 @@ class Task:
         missing = [p for p in paths if not p.is_file()]
         where = ", ".join(map(str, paths))
         if missing and self.hub is not None and _hub_reachable():
-            examples, where = self.hub(split), f"the hub's {self.name}"
+            examples, where = self.hub("train" if split == self.holdout else split), f"the hub's {self.name}"
         elif missing:
             hint = " (or install `datasets` and go online to fetch it from the hub)" if self.hub else ""
             raise MissingDataError(
@@ -212,11 +212,10 @@ def get_task(name: str) -> Task:
 _PAIR = "{text}\n{text_pair}\n"
 for _task in [
     Task("cola", "classification", ("mcc", "accuracy"),
-         {"train": ("glue/CoLA/in_domain_train.tsv",), "validation": ("glue/CoLA/in_domain_dev.tsv",),
-          "test": ("glue/CoLA/in_domain_dev.tsv",)}, read_cola, hub_glue("cola", "sentence", None),
-         ("unacceptable", "acceptable"),
-         "Sentence: {text}\nIs this sentence grammatically acceptable or unacceptable?\nAnswer: ",
-         description="CoLA: grammatical acceptability (MCC); test = in-domain dev"),
+         {"train": ("glue/CoLA/in_domain_train.tsv",), "test": ("glue/CoLA/in_domain_dev.tsv",)},
+         read_cola, hub_glue("cola", "sentence", None), ("unacceptable", "acceptable"),
+         "Sentence: {text}\nIs this sentence grammatically acceptable or unacceptable?\nAnswer: ", holdout="validation",
+         description="CoLA: grammatical acceptability (MCC); test = in-domain dev, validation held out of train"),
     Task("sst2", "classification", ("accuracy",),
          {"train": ("glue/SST-2/train.tsv",), "validation": ("glue/SST-2/dev.tsv",), "test": ("glue/SST-2/test.tsv",)},
          read_tsv_columns("sentence", None, "label"),
@@ -230,21 +229,21 @@ for _task in [
          "Sentence 1: {text}\nSentence 2: {text_pair}\nDo these sentences mean the same thing? Answer: ",
          holdout="validation", description="MRPC: paraphrase (F1, accuracy)"),
     Task("rte", "classification", ("accuracy",),
-         {"train": ("glue/RTE/train.tsv",), "validation": ("glue/RTE/dev.tsv",), "test": ("glue/RTE/dev.tsv",)},
+         {"train": ("glue/RTE/train.tsv",), "test": ("glue/RTE/dev.tsv",)},
          read_tsv_columns("sentence1", "sentence2", "label"), hub_glue("rte", "sentence1", "sentence2"),
          ("entailment", "not_entailment"),
          "Premise: {text}\nHypothesis: {text_pair}\nDoes the premise entail the hypothesis? Answer: ",
-         description="RTE: entailment (accuracy); test = dev"),
+         holdout="validation", description="RTE: entailment (accuracy); test = dev, validation held out of train"),
     Task("qnli", "classification", ("accuracy",),
          {s: ("glue/QNLI/dev.tsv",) for s in SPLITS}, read_qnli_dev, hub_glue("qnli", "question", "sentence"),
          ("entailment", "not_entailment"),
          "Question: {text}\nSentence: {text_pair}\nDoes the sentence answer the question? Answer: ",
          description="QNLI: question answering entailment (accuracy); GLUE dev split 80/10/10 here"),
     Task("stsb", "regression", ("spearman", "pearson"),
-         {"train": ("glue/STS-B/train.tsv",), "validation": ("glue/STS-B/dev.tsv",), "test": ("glue/STS-B/dev.tsv",)},
+         {"train": ("glue/STS-B/train.tsv",), "test": ("glue/STS-B/dev.tsv",)},
          read_tsv_columns("sentence1", "sentence2", "score", regression=True),
-         hub_glue("stsb", "sentence1", "sentence2", regression=True),
-         description="STS-B: similarity regression 0..5 (Spearman, Pearson); test = dev"),
+         hub_glue("stsb", "sentence1", "sentence2", regression=True), holdout="validation",
+         description="STS-B: similarity regression 0..5 (Spearman, Pearson); test = dev, validation held out of train"),
     Task("stsbenchmark", "regression", ("spearman", "pearson"),
          {"train": ("stsbenchmark/sts-train.csv",), "validation": ("stsbenchmark/sts-dev.csv",),
           "test": ("stsbenchmark/sts-test.csv",)}, read_stsbenchmark,

@@ -74,7 +74,8 @@ class Trainer:
         specs = {s.name: s for s in self.config.tasks}
         self.train_data = {t.name: t.load(self.data_dir, "train", limit=specs[t.name].max_train, seed=seed)
                            for t in self.tasks}
-        self.eval_data = {t.name: (t, t.load(self.data_dir, "validation", limit=specs[t.name].max_eval, seed=seed))
+        self.eval_data = {t.name: (t, t.load(self.data_dir, "validation", seed=seed,
+                                             limit=specs[t.name].max_validation or specs[t.name].max_eval))
                           for t in self.tasks}
         split = self.config.evaluation.split
         self.test_data = {t.name: (t, t.load(self.data_dir, split, limit=specs[t.name].max_eval, seed=seed))

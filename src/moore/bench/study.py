@@ -1,0 +1,258 @@
+"""A suite run as a study: converge, tune, repeat, and measure conflict against single-task runs.
+
+The protocol, in phases; each phase is planned from the result files of the ones before it, so the
+study resumes at any point and runs in pieces, in parallel, across sessions:
+
+1. convergence: full fine-tuning and MoORE-L8 trained long at a constant rate, validation every
+   ``eval_every`` steps; the suite's step count is where both validation averages come within
+   ``plateau`` of their best.
+2. grid: every method at each rate of its family's grid (seed 0, the chosen steps); the rate with
+   the best validation average wins. MoORE-L8 also tries its reflections at a fraction of its rate
+   (``param_lrs``), and keeps that if it wins.
+3. seeds: the main methods (and the peer with the best validation average) at more seeds.
+4. single: one adapter per task, with the steps that task got in the mixture, for ``single_methods``.
+
+Every run writes ``runs/NAME.json`` under the results folder: test scores and predictions (for a
+paired bootstrap), the validation and zero-shot curves, time and provenance.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..io import write_json
+from ..training.checkpoints import read_log
+from ..training.mixing import mixing_probabilities
+from .provenance import provenance
+from .suites import ABLATION, PEER, REFERENCE, Study, Suite, get_suite, lr_text, resolve_adapter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a study."""
+
+    name: str
+    phase: str
+    method: str
+    lr: float
+    seed: int = 0
+    steps: int = 0
+    tasks: tuple[str, ...] = ()  # empty: all the suite's tasks
+    param_lrs: dict[str, float] = field(default_factory=dict)
+    schedule: str | None = None  # None: the suite's
+
+
+def load_runs(results_dir: Path) -> dict[str, dict]:
+    runs = {}
+    for path in sorted((Path(results_dir) / "runs").glob("*.json")):
+        runs[path.stem] = json.loads(path.read_text())
+    return runs
+
+
+# --- the plan -----------------------------------------------------------------------------------------
+def chosen_steps(study: Study, runs: dict[str, dict]) -> int | None:
+    """The first evaluated step where every convergence run is within ``plateau`` of its best
+    validation average (None until those runs are done)."""
+    steps = []
+    for method in study.convergence:
+        record = runs.get(f"convergence~{method}")
+        if record is None:
+            return None
+        curve = [(c["step"], c["average"]) for c in record["curve"] if c.get("average") is not None]
+        best = max(a for _, a in curve)
+        steps.append(next(s for s, a in curve if a >= best - study.plateau))
+    return max(steps)
+
+
+def task_steps(suite: Suite, data_sizes: dict[str, int], steps: int) -> dict[str, int]:
+    """How many optimizer steps' worth of examples each task gets in the mixture."""
+    training = suite.config["training"]
+    names = list(data_sizes)
+    p = mixing_probabilities([data_sizes[n] for n in names], training.get("mixing", "proportional"),
+                             training.get("temperature", 2.0))
+    return {n: max(1, round(steps * float(pk))) for n, pk in zip(names, p)}
+
+
+def _best(study: Study, runs: dict[str, dict], prefix: str) -> dict | None:
+    """The run with the best validation average among those whose name starts with ``prefix``."""
+    done = [r for name, r in runs.items() if name.startswith(prefix)]
+    return max(done, key=lambda r: r["validation_best"], default=None)
+
+
+def plan(suite: Suite, runs: dict[str, dict]) -> list[RunSpec]:
+    """Every run the study needs that the results so far let us name, done or not."""
+    study = suite.study
+    specs = [RunSpec(f"convergence~{m}", "convergence", m, lr, steps=study.convergence_steps, schedule="constant")
+             for m, lr in study.convergence.items()]
+    steps = chosen_steps(study, runs)
+    if steps is None:
+        return specs
+    methods = [m for m in suite.methods if suite.family(m) != ABLATION]
+    chosen: dict[str, RunSpec] = {}
+    for m in methods:
+        grid = [RunSpec(f"grid~{m}~lr{lr_text(lr)}", "grid", m, lr, steps=steps) for lr in study.grid(suite.family(m))]
+        specs += grid
+        if all(s.name in runs for s in grid):
+            winner = max(grid, key=lambda s: runs[s.name]["validation_best"])
+            if m == REFERENCE and study.reflection_factors:
+                variants = [replace(winner, name=f"grid~{m}~lr{lr_text(winner.lr)}~refl{f:g}",
+                                    param_lrs={"reflections": winner.lr * f}) for f in study.reflection_factors]
+                specs += variants
+                if not all(v.name in runs for v in variants):
+                    continue
+                winner = max([winner, *variants], key=lambda s: runs[s.name]["validation_best"])
+            chosen[m] = winner
+    peers = [m for m in methods if suite.family(m) == PEER]
+    strongest = None
+    if all(p in chosen for p in peers) and peers:
+        strongest = max(peers, key=lambda p: runs[chosen[p].name]["validation_best"])
+    for m in [*study.main_methods, *([strongest] if strongest else [])]:
+        if m in chosen:
+            specs += [replace(chosen[m], name=f"seed~{m}~s{seed}", phase="seed", seed=seed)
+                      for seed in study.seeds if seed != chosen[m].seed]
+    sizes = next((r["train_sizes"] for r in runs.values() if r.get("train_sizes")), None)
+    for m in study.single_methods:
+        if m in chosen and sizes:
+            for task, n in task_steps(suite, sizes, steps).items():
+                specs.append(replace(chosen[m], name=f"single~{m}~{task}", phase="single", steps=n, tasks=(task,)))
+    return specs
+
+
+def chosen_runs(suite: Suite, runs: dict[str, dict]) -> dict[str, list[dict]]:
+    """For each method, its runs at the chosen configuration: the grid winner and its other seeds."""
+    out = {}
+    for m in suite.methods:
+        grid = [r for name, r in runs.items() if name.startswith(f"grid~{m}~")]
+        if not grid:
+            continue
+        winner = max(grid, key=lambda r: r["validation_best"])
+        out[m] = [winner] + [r for name, r in runs.items() if name.startswith(f"seed~{m}~")]
+    return out
+
+
+# --- one run --------------------------------------------------------------------------------------------
+def run_config(suite: Suite, spec: RunSpec, adapter: dict, runs_dir: Path) -> dict:
+    data = copy.deepcopy(suite.config)
+    if spec.tasks:
+        data["tasks"] = [t for t in data["tasks"] if t["name"] in spec.tasks]
+    data["adapter"] = adapter
+    training = data["training"]
+    training.update(lr=spec.lr, seed=spec.seed, steps=spec.steps, param_lrs=dict(spec.param_lrs))
+    training.update(eval_every=max(1, min(suite.study.eval_every, spec.steps)),
+                    save_every=max(1, min(suite.study.eval_every, spec.steps)))
+    if spec.schedule:
+        training.update(schedule=spec.schedule, warmup_steps=0)
+    data["output_dir"] = str(runs_dir / suite.name / spec.name)
+    return data
+
+
+def execute(suite_name: str, name: str, results_dir: Path, runs_dir: Path, data_dir: Path | None,
+            device: str | None = None, progress: bool = False) -> dict:
+    """Train and score one run of the study's plan; writes ``runs/NAME.json``."""
+    from ..hub import load_base_model
+    from ..runconfig import load_run_config
+    from ..training import Trainer
+
+    suite = get_suite(suite_name)
+    specs = {s.name: s for s in plan(suite, load_runs(results_dir))}
+    if name not in specs:
+        raise ValueError(f"{name!r} is not (yet) a run of {suite_name}'s plan; runs it can name now: {sorted(specs)}")
+    spec = specs[name]
+    base, _, _ = load_base_model(suite.config["model"]["name_or_path"])
+    adapter, _ = resolve_adapter(suite, spec.method, base)
+    del base
+    config = load_run_config(data=run_config(suite, spec, adapter, runs_dir))
+    torch.manual_seed(spec.seed)
+    trainer = Trainer(config, data_dir=data_dir, progress=progress, device=device)
+    start = time.time()
+    results = trainer.run(resume=True)
+    seconds = time.time() - start
+    model = trainer.model
+    predictions = {t: model.predict(task, examples, batch_size=config.evaluation.batch_size)
+                   for t, (task, examples) in trainer.test_data.items()}
+    zero_shot_metric = {t.name: t.metric for t in trainer.zero_shot}
+    curve = [{"step": r["step"], "average": r.get("average"),
+              "scores": {t: s.get(trainer.eval_data[t][0].metric) for t, s in r["eval"].items()},
+              "zero_shot": {t: s.get(zero_shot_metric[t]) for t, s in r.get("zero_shot", {}).items()}}
+             for r in read_log(Path(config.output_dir) / "log.jsonl") if r.get("split") == "validation"]
+    trainable, _ = model.adapted.get_nb_trainable_parameters()
+    record = {
+        "suite": suite_name, "name": name, "phase": spec.phase, "method": spec.method, "lr": spec.lr,
+        "param_lrs": spec.param_lrs, "seed": spec.seed, "steps": spec.steps, "tasks": [t.name for t in trainer.tasks],
+        "adapter": adapter, "trainable_parameters": trainable, "share": trainable / model.adapted.num_base_parameters,
+        "scores": results["after"], "average": results["average"]["after"], "zero_shot": results["zero_shot"],
+        "best_step": results["best_step"], "validation_best": max(c["average"] for c in curve),
+        "curve": curve, "predictions": predictions,
+        "labels": {t: [e["label"] for e in examples] for t, (_, examples) in trainer.test_data.items()},
+        "train_sizes": {t: len(v) for t, v in trainer.train_data.items()} if not spec.tasks else None,
+        "wall_seconds": seconds, "device": str(trainer.ctx.device),
+        **provenance(f"moore bench {suite_name} --run {name}"),
+    }
+    write_json(Path(results_dir) / "runs" / f"{name}.json", record)
+    return record
+
+
+# --- the whole study ---------------------------------------------------------------------------------------
+def run_study(suite_name: str, results_dir: Path, runs_dir: Path, data_dir: Path | None, *, workers: int = 1,
+              device: str | None = None, time_budget: float | None = None) -> None:
+    """Run what the plan names and the results lack, ``workers`` runs at a time (each its own
+    process), re-planning as runs finish, until the plan is done or ``time_budget`` seconds have
+    passed (runs under way then are finished; none is started)."""
+    suite = get_suite(suite_name)
+    start = time.time()
+    running: dict[str, subprocess.Popen] = {}
+    failed: set[str] = set()
+    while True:
+        for name, proc in list(running.items()):
+            if proc.poll() is not None:
+                del running[name]
+                if proc.returncode != 0:
+                    failed.add(name)
+                    logger.error("%s failed (exit %d); see %s", name, proc.returncode, _log_path(results_dir, name))
+                print(f"[{time.time() - start:7.0f}s] {name}: {'done' if proc.returncode == 0 else 'FAILED'}",
+                      flush=True)
+        runs = load_runs(results_dir)
+        todo = [s.name for s in plan(suite, runs) if s.name not in runs and s.name not in running
+                and s.name not in failed]
+        out_of_time = time_budget is not None and time.time() - start > time_budget
+        if (not todo or out_of_time) and not running:
+            break
+        while todo and len(running) < workers and not out_of_time:
+            name = todo.pop(0)
+            command = [sys.executable, "-m", "moore.cli", "bench", suite_name, "--run", name, "--no-progress",
+                       "--results-dir", str(results_dir), "--runs-dir", str(runs_dir)]
+            command += ["--data-dir", str(data_dir)] if data_dir else []
+            command += ["--device", device] if device else []
+            log = _log_path(results_dir, name)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            running[name] = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+            print(f"[{time.time() - start:7.0f}s] {name}: started", flush=True)
+        time.sleep(2)
+    left = [s.name for s in plan(suite, load_runs(results_dir)) if s.name not in load_runs(results_dir)]
+    print(f"study {suite_name}: {len(load_runs(results_dir))} runs done, {len(left)} left"
+          + (f", failed: {sorted(failed)}" if failed else ""))
+
+
+def _log_path(results_dir: Path, name: str) -> Path:
+    return Path(results_dir) / "logs" / f"{name}.log"
+
+
+def study_cost(runs: dict[str, dict]) -> dict[str, Any]:
+    seconds = sum(r["wall_seconds"] for r in runs.values())
+    devices = sorted({r.get("device", "?") for r in runs.values()})
+    return {"runs": len(runs), "hours": seconds / 3600, "devices": devices,
+            "gpus": sorted({r["machine"].get("gpu") or "none" for r in runs.values()})}
+
+
