@@ -6,10 +6,12 @@ study resumes at any point and runs in pieces, in parallel, across sessions:
 1. convergence: full fine-tuning and MoORE-L8 trained long at a constant rate, validation every
    ``eval_every`` steps; the suite's step count is where both validation averages come within
    ``plateau`` of their best.
-2. grid: every method at each rate of its family's grid (seed 0, the chosen steps); the rate with
-   the best validation average wins. MoORE-L8 also tries its reflections at a fraction of its rate
-   (``param_lrs``), and keeps that if it wins.
-3. seeds: the main methods (and the peer with the best validation average) at more seeds.
+2. grid: each tuned method at each rate of its family's grid (seed 0, ``grid_fraction`` of the
+   steps); the rate with the best validation average wins. MoORE-L8 also tries its reflections at
+   a fraction of its rate (``param_lrs``), and keeps that if it wins. The other peers take the rate
+   chosen for ``lr_donor`` (LoRA).
+3. seeds: every method once at the chosen rate and the full step count; the main methods (and the
+   peer with the best validation average) at every seed.
 4. single: one adapter per task, with the steps that task got in the mixture, for ``single_methods``.
 
 Every run writes ``runs/NAME.json`` under the results folder: test scores and predictions (for a
@@ -99,46 +101,52 @@ def plan(suite: Suite, runs: dict[str, dict]) -> list[RunSpec]:
     steps = chosen_steps(study, runs)
     if steps is None:
         return specs
+    grid_steps = max(1, round(steps * study.grid_fraction))
     methods = [m for m in suite.methods if suite.family(m) != ABLATION]
-    chosen: dict[str, RunSpec] = {}
-    for m in methods:
-        grid = [RunSpec(f"grid~{m}~lr{lr_text(lr)}", "grid", m, lr, steps=steps) for lr in study.grid(suite.family(m))]
+    tuned = [m for m in methods if m in study.tuned_methods]
+    rates: dict[str, tuple[float, dict]] = {}  # method -> (lr, param_lrs) chosen on validation
+    for m in tuned:
+        grid = [RunSpec(f"grid~{m}~lr{lr_text(lr)}", "grid", m, lr, steps=grid_steps)
+                for lr in study.grid(suite.family(m))]
         specs += grid
-        if all(s.name in runs for s in grid):
-            winner = max(grid, key=lambda s: runs[s.name]["validation_best"])
-            if m == REFERENCE and study.reflection_factors:
-                variants = [replace(winner, name=f"grid~{m}~lr{lr_text(winner.lr)}~refl{f:g}",
-                                    param_lrs={"reflections": winner.lr * f}) for f in study.reflection_factors]
-                specs += variants
-                if not all(v.name in runs for v in variants):
-                    continue
-                winner = max([winner, *variants], key=lambda s: runs[s.name]["validation_best"])
-            chosen[m] = winner
+        if not all(s.name in runs for s in grid):
+            continue
+        winner = max(grid, key=lambda s: runs[s.name]["validation_best"])
+        if m == REFERENCE and study.reflection_factors:
+            variants = [replace(winner, name=f"grid~{m}~lr{lr_text(winner.lr)}~refl{f:g}",
+                                param_lrs={"reflections": winner.lr * f}) for f in study.reflection_factors]
+            specs += variants
+            if not all(v.name in runs for v in variants):
+                continue
+            winner = max([winner, *variants], key=lambda s: runs[s.name]["validation_best"])
+        rates[m] = (winner.lr, winner.param_lrs)
+    if study.lr_donor in rates:  # the untuned peers take the donor's rate
+        rates.update({m: (rates[study.lr_donor][0], {}) for m in methods if m not in tuned})
+    main = {m: RunSpec(f"seed~{m}~s{study.seeds[0]}", "seed", m, lr, seed=study.seeds[0], steps=steps,
+                       param_lrs=param_lrs) for m, (lr, param_lrs) in rates.items()}
+    specs += main.values()
     peers = [m for m in methods if suite.family(m) == PEER]
     strongest = None
-    if all(p in chosen for p in peers) and peers:
-        strongest = max(peers, key=lambda p: runs[chosen[p].name]["validation_best"])
-    for m in [*study.main_methods, *([strongest] if strongest else [])]:
-        if m in chosen:
-            specs += [replace(chosen[m], name=f"seed~{m}~s{seed}", phase="seed", seed=seed)
-                      for seed in study.seeds if seed != chosen[m].seed]
+    if peers and all(main[p].name in runs for p in peers if p in main) and all(p in main for p in peers):
+        strongest = max(peers, key=lambda p: runs[main[p].name]["validation_best"])
+    for m in dict.fromkeys([*study.main_methods, *([strongest] if strongest else [])]):
+        if m in main:
+            specs += [replace(main[m], name=f"seed~{m}~s{seed}", seed=seed) for seed in study.seeds[1:]]
     sizes = next((r["train_sizes"] for r in runs.values() if r.get("train_sizes")), None)
     for m in study.single_methods:
-        if m in chosen and sizes:
+        if m in main and sizes:
             for task, n in task_steps(suite, sizes, steps).items():
-                specs.append(replace(chosen[m], name=f"single~{m}~{task}", phase="single", steps=n, tasks=(task,)))
+                specs.append(replace(main[m], name=f"single~{m}~{task}", phase="single", steps=n, tasks=(task,)))
     return specs
 
 
 def chosen_runs(suite: Suite, runs: dict[str, dict]) -> dict[str, list[dict]]:
-    """For each method, its runs at the chosen configuration: the grid winner and its other seeds."""
+    """For each method, its runs at the chosen configuration and the full step count, one per seed."""
     out = {}
     for m in suite.methods:
-        grid = [r for name, r in runs.items() if name.startswith(f"grid~{m}~")]
-        if not grid:
-            continue
-        winner = max(grid, key=lambda r: r["validation_best"])
-        out[m] = [winner] + [r for name, r in runs.items() if name.startswith(f"seed~{m}~")]
+        mine = [r for name, r in runs.items() if name.startswith(f"seed~{m}~s")]
+        if mine:
+            out[m] = sorted(mine, key=lambda r: r["seed"])
     return out
 
 
@@ -197,7 +205,7 @@ def execute(suite_name: str, name: str, results_dir: Path, runs_dir: Path, data_
         "curve": curve, "predictions": predictions,
         "labels": {t: [e["label"] for e in examples] for t, (_, examples) in trainer.test_data.items()},
         "train_sizes": {t: len(v) for t, v in trainer.train_data.items()} if not spec.tasks else None,
-        "wall_seconds": seconds, "device": str(trainer.ctx.device),
+        "wall_seconds": seconds, "train_seconds": results["seconds"], "device": str(trainer.ctx.device),
         **provenance(f"moore bench {suite_name} --run {name}"),
     }
     write_json(Path(results_dir) / "runs" / f"{name}.json", record)
@@ -250,7 +258,7 @@ def _log_path(results_dir: Path, name: str) -> Path:
 
 
 def study_cost(runs: dict[str, dict]) -> dict[str, Any]:
-    seconds = sum(r["wall_seconds"] for r in runs.values())
+    seconds = sum(r.get("train_seconds", r["wall_seconds"]) for r in runs.values())
     devices = sorted({r.get("device", "?") for r in runs.values()})
     return {"runs": len(runs), "hours": seconds / 3600, "devices": devices,
             "gpus": sorted({r["machine"].get("gpu") or "none" for r in runs.values()})}

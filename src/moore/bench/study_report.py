@@ -1,3 +1,290 @@
-"""placeholder"""
-def write_study_report(suite_name, results_dir):
-    raise NotImplementedError
+"""The report of a study suite, rebuilt from its run files alone: convergence, learning rates, scores
+over seeds with paired-bootstrap significance, conflict against single-task runs, forgetting over
+steps, cost, and what is left to run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..data.metrics import LOWER_IS_BETTER
+from ..data.tasks import get_task
+from .study import chosen_runs, chosen_steps, load_runs, plan, study_cost
+from .suites import REFERENCE, Suite, get_suite, lr_text
+
+BOOTSTRAP = 1000
+
+
+def _pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean = 100 * float(np.mean(values))
+    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {100 * float(np.std(values, ddof=1)):.2f}"
+
+
+def _primary(record: dict, task: str) -> float | None:
+    return record["scores"].get(task, {}).get(get_task(task).metric)
+
+
+def _zero_shot(record: dict, task: str) -> float | None:
+    return record.get("zero_shot", {}).get(task, {}).get(get_task(task).metric)
+
+
+# --- paired bootstrap -------------------------------------------------------------------------------
+def _resampled_metric(metric: str, predictions: np.ndarray, labels: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """The metric on each bootstrap resample (rows of ``index``) of a binary task, vectorised."""
+    p, y = predictions[index], labels[index]  # (B, n)
+    if metric == "accuracy":
+        return (p == y).mean(1)
+    tp = ((p == 1) & (y == 1)).sum(1).astype(float)
+    tn = ((p == 0) & (y == 0)).sum(1).astype(float)
+    fp = ((p == 1) & (y == 0)).sum(1).astype(float)
+    fn = ((p == 0) & (y == 1)).sum(1).astype(float)
+    if metric == "f1":
+        return np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=(2 * tp + fp + fn) > 0)
+    if metric == "mcc":
+        denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+        return np.divide(tp * tn - fp * fn, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    raise ValueError(f"no bootstrap for metric {metric!r}")
+
+
+def paired_bootstrap(a: list[dict], b: list[dict], tasks: list[str], seed: int = 0) -> dict[str, tuple]:
+    """Δ = a − b per task and on the average, with a 95% interval: test examples resampled (the same
+    resample for both methods), each method's score the mean over its seeds on that resample."""
+    rng = np.random.default_rng(seed)
+    out, deltas = {}, []
+    for task in tasks:
+        metric = get_task(task).metric
+        labels = np.asarray(a[0]["labels"][task])
+        index = rng.integers(0, len(labels), (BOOTSTRAP, len(labels)))
+        scores = [np.mean([_resampled_metric(metric, np.asarray(r["predictions"][task]), labels, index)
+                           for r in runs], axis=0) for runs in (a, b)]
+        delta = scores[0] - scores[1]
+        deltas.append(delta)
+        out[task] = _interval(delta)
+    out["average"] = _interval(np.mean(deltas, axis=0))
+    return out
+
+
+def _interval(delta: np.ndarray) -> tuple[float, float, float, bool]:
+    low, high = np.percentile(delta, [2.5, 97.5])
+    return float(delta.mean()), float(low), float(high), bool(low > 0 or high < 0)
+
+
+# --- plots ---------------------------------------------------------------------------------------------
+def _curves_plot(path: Path, curves: dict[str, list[dict]], key: str, title: str, ylabel: str,
+                 mark: int | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for label, curve in curves.items():
+        points = [(c["step"], key_value) for c in curve if (key_value := _curve_value(c, key)) is not None]
+        if points:
+            ax.plot(*zip(*points), marker=".", label=label)
+    if mark:
+        ax.axvline(mark, color="k", ls="--", lw=1, label=f"chosen: {mark} steps")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _curve_value(point: dict, key: str) -> float | None:
+    if key == "average":
+        return None if point.get("average") is None else 100 * point["average"]
+    value = point.get("zero_shot", {}).get(key)
+    return None if value is None else 100 * value
+
+
+def _conflict_plot(path: Path, conflict: dict[str, dict[str, float]], tasks: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    width = 0.8 / max(1, len(conflict))
+    for i, (method, row) in enumerate(conflict.items()):
+        values = [100 * row.get(t, np.nan) for t in tasks]
+        ax.bar(np.arange(len(tasks)) + i * width - 0.4 + width / 2, values, width, label=method)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set_ylabel("multi-task − single-task (×100)")
+    ax.set_title("Conflict: what training the tasks together costs (< 0) or gains (> 0)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- the report -------------------------------------------------------------------------------------------
+def write_study_report(suite_name: str, results_dir: Path) -> Path:
+    suite = get_suite(suite_name)
+    study = suite.study
+    results_dir = Path(results_dir)
+    runs = load_runs(results_dir)
+    tasks = [t["name"] for t in suite.config["tasks"]]
+    zero_names = [z["name"] for z in suite.config["evaluation"].get("zero_shot", [])]
+    todo = [s.name for s in plan(suite, runs) if s.name not in runs]
+    lines = [f"# {suite.title}", "",
+             f"Rebuilt from the run files in `runs/` by `moore bench {suite_name} --report`; each file holds one "
+             f"run's scores, test predictions, validation curve, time, command, git commit and machine. Any row "
+             f"reproduces with `moore bench {suite_name} --run NAME`.", "",
+             f"**Data:** {suite.subsampling}", "", _protocol(suite), ""]
+    if todo:
+        lines += [f"**Status: {len(runs)} runs done, {len(todo)} named by the plan so far still to run** (later phases "
+                  f"are planned as earlier ones finish). Continue with `moore bench {suite_name} --workers N`; it "
+                  "resumes per run.", ""]
+    lines += _convergence(suite, runs, results_dir)
+    lines += _rates(suite, runs)
+    chosen = chosen_runs(suite, runs)
+    if chosen:
+        lines += _scores(suite, chosen, tasks, zero_names)
+        lines += _significance(chosen, tasks)
+        lines += _conflict(suite, runs, chosen, tasks, results_dir)
+        lines += _forgetting(chosen, zero_names, results_dir)
+    cost = study_cost(runs) if runs else None
+    if cost:
+        lines += ["## Cost", "", f"{cost['runs']} runs, {cost['hours']:.2f} hours of training loop in all, on "
+                  f"{', '.join(cost['devices'])} ({', '.join(cost['gpus'])}). Times per run are in the run files "
+                  "(`train_seconds`, summed over resumes).", ""]
+    path = results_dir / "REPORT.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _protocol(suite: Suite) -> str:
+    study, training = suite.study, suite.config["training"]
+    grids = "; ".join(f"{'full fine-tuning' if family != 'adapter' else 'adapters'} "
+                      f"{{{', '.join(lr_text(lr) for lr in lrs)}}}" for family, lrs in study.grids.items())
+    return (f"**Protocol.** Batches of {training['batch_size']}, {training['schedule']} schedule, task heads at "
+            f"{lr_text(training['head_lr'])}. (1) Convergence: "
+            + ", ".join(f"{m} at {lr_text(lr)}" for m, lr in study.convergence.items())
+            + f" trained {study.convergence_steps} steps at a constant rate, validated every {study.eval_every}; the "
+            f"step count is the first evaluation where both validation averages are within "
+            f"{100 * study.plateau:.1f} points of their best. (2) Learning rates, on validation, seed 0, "
+            f"{100 * study.grid_fraction:.0f}% of the steps, for {', '.join(study.tuned_methods)}: {grids}; MoORE-L8's "
+            f"reflections also at {', '.join(f'{f:g}×' for f in study.reflection_factors)} its rate "
+            f"(`training.param_lrs`); the other peers take {study.lr_donor}'s rate. (3) Every method at its chosen "
+            f"rate and the full step count; {', '.join(study.main_methods)} and the peer with the best validation "
+            f"average at seeds {', '.join(map(str, study.seeds))}. (4) Single-task runs of "
+            f"{', '.join(study.single_methods)}: one adapter per task, with the steps that task got in the mixture.")
+
+
+def _convergence(suite: Suite, runs: dict, results_dir: Path) -> list[str]:
+    curves = {name.split("~")[1]: r["curve"] for name, r in runs.items() if name.startswith("convergence~")}
+    if not curves:
+        return []
+    steps = chosen_steps(suite.study, runs)
+    _curves_plot(results_dir / "convergence.png", curves, "average", "Validation average (constant rate)",
+                 "average ×100", steps)
+    lines = ["## Convergence", "", "| run | best validation average | at step | last |", "|---|---|---|---|"]
+    for name, curve in curves.items():
+        best = max(curve, key=lambda c: c["average"])
+        lines.append(f"| {name} | {_pct(best['average'])} | {best['step']} | {_pct(curve[-1]['average'])} |")
+    lines += ["", f"Chosen step count: **{steps}**." if steps else "Step count: not chosen yet.", "",
+              "![convergence](convergence.png)", ""]
+    return lines
+
+
+def _rates(suite: Suite, runs: dict) -> list[str]:
+    grid = {name: r for name, r in runs.items() if name.startswith("grid~")}
+    if not grid:
+        return []
+    lines = ["## Learning rates (validation average, seed 0, shorter runs)", "", "| method | rate | validation |",
+             "|---|---|---|"]
+    best = {}
+    for name, r in grid.items():
+        if r["validation_best"] > best.get(r["method"], (None, -1.0))[1]:
+            best[r["method"]] = (name, r["validation_best"])
+    for name, r in sorted(grid.items()):
+        rate = lr_text(r["lr"]) + "".join(f", {k} {lr_text(v)}" for k, v in r["param_lrs"].items())
+        chosen = " (chosen)" if best[r["method"]][0] == name else ""
+        lines.append(f"| {r['method']} | {rate}{chosen} | {_pct(r['validation_best'])} |")
+    return lines + [""]
+
+
+def _scores(suite: Suite, chosen: dict, tasks: list[str], zero_names: list[str]) -> list[str]:
+    header = ("| method | seeds | #params (% of base) | " + " | ".join(f"{t} ({get_task(t).metric})" for t in tasks)
+              + " | average | " + " | ".join(f"zero-shot {z}" for z in zero_names) + " |")
+    lines = ["## Scores (test sets in full; mean ± std over seeds, ×100)", "", header,
+             "|---|---|---|" + "---|" * (len(tasks) + 1 + len(zero_names))]
+    for m in suite.methods:
+        if m not in chosen:
+            continue
+        rs = chosen[m]
+        cells = [_mean_std([v for r in rs if (v := _primary(r, t)) is not None]) for t in tasks]
+        zero = [_mean_std([v for r in rs if (v := _zero_shot(r, z)) is not None]) for z in zero_names]
+        lines.append(f"| {m} | {len(rs)} | {rs[0]['trainable_parameters']:,d} ({100 * rs[0]['share']:.2f}%) | "
+                     + " | ".join(cells) + f" | {_mean_std([r['average'] for r in rs])} | " + " | ".join(zero) + " |")
+    return lines + [""]
+
+
+def _significance(chosen: dict, tasks: list[str]) -> list[str]:
+    if REFERENCE not in chosen or not all(set(tasks) <= set(r["predictions"]) for rs in chosen.values() for r in rs):
+        return []
+    lines = ["## MoORE-L8 against each method: paired bootstrap", "",
+             f"Δ = MoORE-L8 − method, ×100, with its 95% interval: {BOOTSTRAP} resamples of the test examples, the "
+             "same resample for both methods, each method's score the mean over its seeds on it (seeds pooled). "
+             "**Bold**: the interval excludes 0.", "",
+             "| method | " + " | ".join(tasks) + " | average |", "|---|" + "---|" * (len(tasks) + 1)]
+    for m, rs in chosen.items():
+        if m == REFERENCE:
+            continue
+        result = paired_bootstrap(chosen[REFERENCE], rs, tasks)
+        cells = []
+        for key in [*tasks, "average"]:
+            mean, low, high, significant = result[key]
+            text = f"{100 * mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
+            cells.append(f"**{text}**" if significant else text)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _conflict(suite: Suite, runs: dict, chosen: dict, tasks: list[str], results_dir: Path) -> list[str]:
+    conflict: dict[str, dict[str, float]] = {}
+    for m in suite.study.single_methods:
+        for t in tasks:
+            single = runs.get(f"single~{m}~{t}")
+            if single is not None and m in chosen:
+                multi = np.mean([_primary(r, t) for r in chosen[m]])
+                conflict.setdefault(m, {})[t] = float(multi - _primary(single, t))
+    if not conflict:
+        return []
+    _conflict_plot(results_dir / "conflict.png", conflict, tasks)
+    lines = ["## Conflict: multi-task − single-task (×100)", "",
+             "Each single-task run trains one adapter on one task with the steps that task got in the mixture "
+             "(seed 0); the multi-task score is the mean over seeds. Below 0: the other tasks cost this one.", "",
+             "| method | " + " | ".join(tasks) + " | mean |", "|---|" + "---|" * (len(tasks) + 1)]
+    for m, row in conflict.items():
+        values = [row.get(t) for t in tasks]
+        known = [v for v in values if v is not None]
+        lines.append(f"| {m} | " + " | ".join("–" if v is None else f"{100 * v:+.2f}" for v in values)
+                     + f" | {100 * np.mean(known):+.2f} |")
+    return lines + ["", "![conflict](conflict.png)", ""]
+
+
+def _forgetting(chosen: dict, zero_names: list[str], results_dir: Path) -> list[str]:
+    if not zero_names:
+        return []
+    z = zero_names[0]
+    curves = {m: rs[0]["curve"] for m, rs in chosen.items() if any(z in c.get("zero_shot", {}) for c in rs[0]["curve"])}
+    if not curves:
+        return []
+    _curves_plot(results_dir / "forgetting.png", curves, z, f"Oblivion: zero-shot {z} (validation) during training",
+                 f"{get_task(z).metric} ×100")
+    sign = "lower" if get_task(z).metric in LOWER_IS_BETTER else "higher"
+    return ["## Oblivion over training steps", "",
+            f"Zero-shot {z} ({get_task(z).metric}, validation split, unseen-task embedding) at every evaluation of "
+            f"each method's seed-0 run; {sign} is better.", "", "![forgetting](forgetting.png)", ""]

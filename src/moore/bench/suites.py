@@ -92,6 +92,9 @@ class Study:
     eval_every: int = 200
     plateau: float = 0.005  # a validation average within this of the best has stopped improving
     reflection_factors: tuple[float, ...] = (0.1, 0.3)  # MoORE-L8's reflections at lr × these
+    grid_fraction: float = 0.5  # selection runs are this share of the chosen steps
+    tuned_methods: tuple[str, ...] = ()  # get a grid of their own; the others take lr_donor's rate
+    lr_donor: str = "lora"
 
     def grid(self, family: str) -> tuple[float, ...]:
         return self.grids[FULL] if family == FULL else self.grids["adapter"]
@@ -176,6 +179,7 @@ def _nlu_mtl(quick: bool) -> Suite:
     methods = compared_methods(_MOORE_NLU, 4)
     study = Study(grids={FULL: (2e-5, 5e-5, 1e-4), "adapter": (3e-4, 1e-3, 3e-3)},
                   main_methods=("moore-L8", "moore-L0", "lora", "full"), single_methods=("moore-L8", "lora", "full"),
+                  tuned_methods=("moore-L8", "moore-L0", "lora", "full"),
                   convergence={"full": 5e-5, REFERENCE: 1e-3}, convergence_steps=4000, eval_every=200)
     evaluation = {"batch_size": 128, "split": "test", "zero_shot": [{"name": "stsbenchmark"}], "track_zero_shot": True}
     if quick:
@@ -183,7 +187,7 @@ def _nlu_mtl(quick: bool) -> Suite:
         methods = {m: methods[m] for m in ("full", "lora", REFERENCE)}
         study = replace(study, grids={FULL: (5e-5,), "adapter": (1e-3,)}, main_methods=(REFERENCE,),
                         single_methods=(REFERENCE,), seeds=(0, 1), convergence_steps=4, eval_every=2,
-                        reflection_factors=(0.1,))
+                        reflection_factors=(0.1,), tuned_methods=(REFERENCE, "lora"))
         evaluation["zero_shot"] = [{"name": "stsbenchmark", "max_eval": 16}]
         tasks = [{**t, "max_validation": 16} for t in tasks]
     return Suite(

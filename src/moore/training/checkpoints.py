@@ -52,6 +52,7 @@ class TrainerState:
     before: dict | None = None  # the test scores before training
     zero_shot_before: dict | None = None
     world_size: int = 1
+    seconds: float = 0.0  # time spent in the training loop, across resumes
     optimizer: dict | None = None
     scheduler: dict | None = None
     mixer: dict | None = None

@@ -238,6 +238,7 @@ class Trainer:
         bar = tqdm(total=spec.steps, initial=state.stage_step, desc=f"stage {stage + 1}", disable=not
                    (self.progress and ctx.is_main), dynamic_ncols=True)
         while state.stage_step < spec.steps:
+            started = time.time()
             batches = self._batches(mixer, stage_tasks, state.stage_step, global_batch)
             lr = optimizer.param_groups[0]["lr"]
             loss, grad_norm = self._step(model, batches, params, state)
@@ -257,6 +258,7 @@ class Trainer:
             if done:
                 bar.close()
                 self._end_stage(state, log)
+            state.seconds += time.time() - started
             if done or (spec.save_every and state.stage_step % spec.save_every == 0):
                 self._save_checkpoint(state, optimizer, scheduler, mixer)
         bar.close()
@@ -363,6 +365,7 @@ class Trainer:
             "zero_shot_before": state.zero_shot_before or {},
             "best_step": state.best_step,
             "steps": state.global_step,
+            "seconds": state.seconds,
             "stages": self.stages,
         }
         if len(self.stages) > 1:

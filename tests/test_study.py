@@ -1,0 +1,135 @@
+"""The study protocol (nlu-mtl): its plan phase by phase, the paired bootstrap, and the report,
+from synthetic run files; and the quick variant end to end on real data where it is at hand."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moore.bench import SUITES
+from moore.bench.study import chosen_steps, plan, task_steps
+from moore.bench.study_report import paired_bootstrap, write_study_report
+from moore.io import write_json
+from training_fixtures import moore_cli
+
+SUITE = SUITES["nlu-mtl"]
+TASKS = [t["name"] for t in SUITE.config["tasks"]]
+SIZES = {"cola": 8051, "sst2": 10000, "mrpc": 3669, "rte": 2241, "qnli": 4370}
+
+
+def _record(name: str, method: str, validation: float, *, lr=1e-3, seed=0, steps=100, correct=0.8, tasks=TASKS,
+            param_lrs=None, curve_peak: int = 300) -> dict:
+    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    labels = {t: rng.integers(0, 2, 200).tolist() for t in tasks}
+    predictions = {t: [y if rng.random() < correct else 1 - y for y in labels[t]] for t in tasks}
+    curve = [{"step": s, "average": validation - 0.01 * abs(s - curve_peak) / 100, "scores": {},
+              "zero_shot": {"stsbenchmark": 0.8 - s / 10000}} for s in range(100, 501, 100)]
+    return {"name": name, "method": method, "lr": lr, "param_lrs": param_lrs or {}, "seed": seed, "steps": steps,
+            "validation_best": validation, "curve": curve, "predictions": predictions, "labels": labels,
+            "scores": {t: {"mcc" if t == "cola" else "f1" if t == "mrpc" else "accuracy": correct} for t in tasks},
+            "average": correct, "zero_shot": {"stsbenchmark": {"spearman": 0.8}}, "trainable_parameters": 1000,
+            "share": 0.05, "train_sizes": SIZES if len(tasks) > 1 else None, "wall_seconds": 10.0,
+            "train_seconds": 9.0, "device": "cpu", "machine": {"gpu": None}}
+
+
+def _names(runs: dict) -> list[str]:
+    return [s.name for s in plan(SUITE, runs) if s.name not in runs]
+
+
+def test_the_plan_unfolds_phase_by_phase():
+    runs: dict[str, dict] = {}
+    assert _names(runs) == ["convergence~full", "convergence~moore-L8"]
+    runs["convergence~full"] = _record("c1", "full", 0.7, curve_peak=300)
+    runs["convergence~moore-L8"] = _record("c2", "moore-L8", 0.6, curve_peak=400)
+    assert chosen_steps(SUITE.study, runs) == 400  # both within 0.5 points of their best
+    grid = _names(runs)
+    assert len(grid) == 12 and all(n.startswith("grid~") for n in grid)
+    assert {s.steps for s in plan(SUITE, runs) if s.phase == "grid"} == {200}  # selection runs: half the steps
+    for name in grid:  # lr 1e-3 wins for adapters, 5e-5 for full fine-tuning
+        method, lr = name.split("~")[1], float(name.split("~lr")[1])
+        runs[name] = _record(name, method, 0.7 - abs(np.log10(lr) - np.log10(5e-5 if method == "full" else 1e-3)),
+                             lr=lr)
+    peers = ["hra", "loramoe", "mixlora", "mosld", "hydralora", "mtl_lora", "omoe"]
+    assert sorted(_names(runs)) == sorted(
+        ["grid~moore-L8~lr1e-3~refl0.1", "grid~moore-L8~lr1e-3~refl0.3"]  # MoORE-L8 waits for its reflections' rate
+        + [f"seed~{m}~s{s}" for m in ("full", "lora", "moore-L0") for s in (0, 1, 2)]
+        + [f"seed~{p}~s0" for p in peers]
+        + [f"single~{m}~{t}" for m in ("full", "lora") for t in TASKS])  # single-task runs need only the rate
+    for factor, validation in (("0.1", 0.75), ("0.3", 0.6)):  # the reflections at a tenth of the rate win
+        name = f"grid~moore-L8~lr1e-3~refl{factor}"
+        runs[name] = _record(name, "moore-L8", validation, param_lrs={"reflections": 1e-3 * float(factor)})
+    specs = {s.name: s for s in plan(SUITE, runs)}
+    assert specs["seed~moore-L8~s0"].param_lrs == {"reflections": 1e-4} and specs["seed~moore-L8~s0"].steps == 400
+    assert specs["seed~mixlora~s0"].lr == 1e-3  # an untuned peer takes LoRA's rate
+    assert "seed~moore-L8~s2" in specs and "seed~mixlora~s1" not in specs
+    for name, spec in specs.items():
+        if spec.phase == "seed" and name not in runs:
+            runs[name] = _record(name, spec.method, 0.9 if spec.method == "mosld" else 0.5, seed=spec.seed,
+                                 lr=spec.lr)
+    specs = {s.name: s for s in plan(SUITE, runs)}
+    assert "seed~mosld~s2" in specs  # the peer with the best validation average gets every seed
+    singles = {n: s for n, s in specs.items() if s.phase == "single"}
+    assert len(singles) == 15 and singles["single~lora~rte"].tasks == ("rte",)
+    expected = task_steps(SUITE, SIZES, 400)
+    assert singles["single~full~sst2"].steps == expected["sst2"] > expected["rte"] == singles["single~full~rte"].steps
+    assert abs(sum(expected.values()) - 400) <= 2
+
+
+def test_paired_bootstrap_finds_real_differences_and_not_noise():
+    good = [_record("a", "m", 0.7, correct=0.95)]
+    same = [dict(good[0])]
+    worse = [_record("b", "m", 0.7, correct=0.55)]
+    worse[0]["labels"] = good[0]["labels"]
+    worse[0]["predictions"] = {t: [y if i % 5 else 1 - y for i, y in enumerate(good[0]["labels"][t])] for t in TASKS}
+    assert not paired_bootstrap(good, same, TASKS)["average"][3]
+    mean, low, high, significant = paired_bootstrap(good, worse, TASKS)["average"]
+    assert significant and low > 0 and mean > 0
+
+
+def test_the_report_is_rebuilt_from_run_files(tmp_path):
+    runs = {"convergence~full": _record("c1", "full", 0.7), "convergence~moore-L8": _record("c2", "moore-L8", 0.6)}
+    for m, lr in (("full", 5e-5), ("lora", 1e-3), ("moore-L8", 1e-3), ("moore-L0", 1e-3)):
+        runs[f"grid~{m}~lr{lr:.0e}".replace("e-0", "e-")] = _record("g", m, 0.6, lr=lr)
+        for seed in (0, 1, 2):
+            runs[f"seed~{m}~s{seed}"] = _record(f"s{m}{seed}", m, 0.6, seed=seed, lr=lr,
+                                                correct=0.9 if m == "moore-L8" else 0.6)
+        for t in TASKS:
+            runs[f"single~{m}~{t}"] = _record(f"x{m}{t}", m, 0.6, tasks=[t], correct=0.7)
+    for name, record in runs.items():
+        write_json(tmp_path / "runs" / f"{name}.json", record)
+    report = write_study_report("nlu-mtl", tmp_path).read_text()
+    assert "Chosen step count: **300**" in report
+    assert "| moore-L8 | 3 | 1,000 (5.00%) |" in report and "± " in report
+    assert "## MoORE-L8 against each method: paired bootstrap" in report and "| lora | **+" in report
+    assert "## Conflict: multi-task − single-task" in report and "| moore-L8 | +20.00 |" in report
+    assert "still to run" in report  # the other peers have not run
+    for png in ("convergence.png", "conflict.png", "forgetting.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+
+
+REAL_DATA = Path(os.environ.get("MOORE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REAL_DATA / "glue" / "SST-2").is_dir(), reason=f"no real GLUE data at {REAL_DATA}")
+def test_the_quick_study_runs_end_to_end(tmp_path):
+    """The whole protocol on a few examples and steps: real MiniLM, real GLUE, every phase."""
+    moore_cli("bench", "nlu-mtl-quick", "--data-dir", REAL_DATA, "--results-dir", tmp_path / "res", "--runs-dir",
+              tmp_path / "runs", "--workers", "2", "--device", "cpu", timeout=900)
+    names = sorted(p.stem for p in (tmp_path / "res" / "runs").glob("*.json"))
+    assert "convergence~moore-L8" in names and "seed~moore-L8~s1" in names
+    assert any(n.startswith("single~moore-L8~") for n in names)
+    record = json.loads((tmp_path / "res" / "runs" / "seed~moore-L8~s0.json").read_text())
+    assert set(record["predictions"]) == {"cola", "sst2", "mrpc"} and record["train_seconds"] > 0
+    report = (tmp_path / "res" / "REPORT.md").read_text()
+    assert "## Scores" in report and "## Conflict" in report
+    again = moore_cli("bench", "nlu-mtl-quick", "--run", "seed~moore-L8~s0", "--data-dir", REAL_DATA,
+                      "--results-dir", tmp_path / "res", "--runs-dir", tmp_path / "runs2", "--device", "cpu",
+                      "--no-progress")
+    assert again.returncode == 0
+    rerun = json.loads((tmp_path / "res" / "runs" / "seed~moore-L8~s0.json").read_text())
+    assert rerun["scores"] == record["scores"]  # one row reproduces from its command and the seed
