@@ -131,7 +131,6 @@ def _conflict_plot(path: Path, conflict: dict[str, dict[str, float]], tasks: lis
 # --- the report -------------------------------------------------------------------------------------------
 def write_study_report(suite_name: str, results_dir: Path) -> Path:
     suite = get_suite(suite_name)
-    study = suite.study
     results_dir = Path(results_dir)
     runs = load_runs(results_dir)
     tasks = [t["name"] for t in suite.config["tasks"]]
@@ -147,7 +146,7 @@ def write_study_report(suite_name: str, results_dir: Path) -> Path:
                   f"are planned as earlier ones finish). Continue with `moore bench {suite_name} --workers N`; it "
                   "resumes per run.", ""]
     lines += _convergence(suite, runs, results_dir)
-    lines += _rates(suite, runs)
+    lines += _rates(runs, todo)
     chosen = chosen_runs(suite, runs)
     if chosen:
         lines += _scores(suite, chosen, tasks, zero_names)
@@ -198,7 +197,7 @@ def _convergence(suite: Suite, runs: dict, results_dir: Path) -> list[str]:
     return lines
 
 
-def _rates(suite: Suite, runs: dict) -> list[str]:
+def _rates(runs: dict, todo: list[str]) -> list[str]:
     grid = {name: r for name, r in runs.items() if name.startswith("grid~")}
     if not grid:
         return []
@@ -208,9 +207,10 @@ def _rates(suite: Suite, runs: dict) -> list[str]:
     for name, r in grid.items():
         if r["validation_best"] > best.get(r["method"], (None, -1.0))[1]:
             best[r["method"]] = (name, r["validation_best"])
-    for name, r in sorted(grid.items()):
+    for name, r in sorted(grid.items(), key=lambda item: (item[1]["method"], item[1]["lr"], len(item[0]))):
         rate = lr_text(r["lr"]) + "".join(f", {k} {lr_text(v)}" for k, v in r["param_lrs"].items())
-        chosen = " (chosen)" if best[r["method"]][0] == name else ""
+        pending = any(n.startswith(f"grid~{r['method']}~") for n in todo)
+        chosen = (" (best so far)" if pending else " (chosen)") if best[r["method"]][0] == name else ""
         lines.append(f"| {r['method']} | {rate}{chosen} | {_pct(r['validation_best'])} |")
     return lines + [""]
 
