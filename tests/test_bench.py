@@ -55,6 +55,9 @@ def test_suites_compare_every_method_at_one_budget():
 
     for suite in SUITES.values():
         methods = suite.methods
+        if suite.name.endswith("-quick"):  # a smoke test: a few methods of the full suite
+            assert set(methods) < set(SUITES[suite.name.removesuffix("-quick")].methods)
+            continue
         assert {m.adapter["method"] for m in methods.values()} == set(METHODS)  # every registered method
         assert {"moore-L8", "moore-L0"} <= set(methods)
         assert all(m.budget for m in methods.values() if m.family == PEER)

@@ -56,8 +56,8 @@ def test_glue_formats(data_dir):
     assert sst2[0] == {"text": 'a "quoted fine film', "label": 1}  # quotes are text, not CSV quoting
     mrpc = get_task("mrpc").load(data_dir, "test")
     assert mrpc[0] == {"text": "A b c.", "text_pair": "A b c too.", "label": 1}  # the BOM does not break the header
-    assert get_task("rte").load(data_dir, "validation")[0]["label"] == 0
-    assert get_task("stsb").load(data_dir, "train")[0]["label"] == pytest.approx(4.2)
+    assert get_task("rte").load(data_dir, "test")[0]["label"] == 0  # test = GLUE dev; validation comes out of train
+    assert get_task("stsb").load(data_dir, "test")[0]["label"] == pytest.approx(1.0)  # the score is the last column
     sts = get_task("stsbenchmark").load(data_dir, "test")
     assert sts == [{"text": "one sentence", "text_pair": "another sentence", "label": 3.8}]
 

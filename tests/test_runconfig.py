@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from moore.runconfig import ConfigError, build_tasks, check_data, load_run_config
+from moore.runconfig import ConfigError, RunConfig, build_tasks, check_data, load_run_config
 
 
 def _config(**overrides) -> dict:
@@ -86,3 +87,17 @@ def test_the_shipped_configs_validate():
     for path in configs:
         cfg = load_run_config(path)
         assert cfg.adapter.num_tasks == len(cfg.tasks)
+
+
+def test_a_saved_run_config_reads_back_and_older_ones_compare_equal():
+    """run_config.json validates again to the same config, and a checkpoint's config written before a
+    field existed is not a difference on --resume (both sides take today's defaults)."""
+    from moore.training.checkpoints import config_differences
+
+    cfg = load_run_config(data={"model": {"name_or_path": "minilm"}, "tasks": [{"name": "sst2"}, {"name": "cola"}],
+                                "adapter": {"method": "lora", "r": 4}})
+    dumped = json.loads(cfg.model_dump_json())
+    assert RunConfig.model_validate(dumped).model_dump(mode="json") == dumped
+    older = json.loads(json.dumps(dumped))
+    del older["training"]["param_lrs"], older["tasks"][0]["max_validation"], older["evaluation"]["track_zero_shot"]
+    assert config_differences(RunConfig.model_validate(older).model_dump(mode="json"), dumped) == []

@@ -82,7 +82,7 @@ class TaskSpec(_Strict):
         if self.files is None:
             get_task(self.name)  # a registered task; raises with the known names
             custom = {"kind", "metrics", "label_names", "template", "options_field", "text_pair_field"}
-            given = sorted(k for k in custom if k in self.model_fields_set)
+            given = sorted(k for k in custom if getattr(self, k) is not None)  # a dump's explicit nulls are fine
             if given:
                 raise ValueError(f"task {self.name!r} is a registered task; {given} only apply to a task "
                                  "defined from files")

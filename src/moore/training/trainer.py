@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -107,7 +108,12 @@ class Trainer:
         saved_config = next((p / CONFIG_NAME for p in (checkpoint, self.output_dir)
                              if p is not None and (p / CONFIG_NAME).is_file()), None)
         if saved_config is not None:
-            changed = config_differences(json.loads(saved_config.read_text()), self.config.model_dump(mode="json"))
+            saved = json.loads(saved_config.read_text())
+            try:  # through today's schema: fields added since the checkpoint take their defaults on both sides
+                saved = RunConfig.model_validate(saved).model_dump(mode="json")
+            except ValidationError:
+                pass  # a config today's schema refuses: compare it as written
+            changed = config_differences(saved, self.config.model_dump(mode="json"))
             if changed:
                 raise ConfigError(
                     f"--resume: the config differs from the one {saved_config.parent} was trained with, in ways "
