@@ -232,8 +232,9 @@ def run_study(suite_name: str, results_dir: Path, runs_dir: Path, data_dir: Path
                 print(f"[{time.time() - start:7.0f}s] {name}: {'done' if proc.returncode == 0 else 'FAILED'}",
                       flush=True)
         runs = load_runs(results_dir)
-        todo = [s.name for s in plan(suite, runs) if s.name not in runs and s.name not in running
-                and s.name not in failed]
+        # shortest first: more results land sooner, and a run cut short costs least
+        todo = [s.name for s in sorted(plan(suite, runs), key=lambda s: s.steps)
+                if s.name not in runs and s.name not in running and s.name not in failed]
         out_of_time = time_budget is not None and time.time() - start > time_budget
         if (not todo or out_of_time) and not running:
             break
