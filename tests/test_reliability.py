@@ -97,6 +97,12 @@ def test_divergence_stops_with_the_step_and_saves_nothing_non_finite(world, tmp_
             assert _all_finite(folder), folder
     for line in (out / "log.jsonl").read_text().splitlines():
         _strict_json(line)
+    # moore eval scores what is good: best/, else the latest checkpoint (and says so)
+    assert moore_cli("eval", out, check=False).returncode == 0
+    shutil.rmtree(out / "best", ignore_errors=True)
+    checkpoints = sorted((out / "checkpoints").glob("step-*"))
+    scored = moore_cli("eval", out, check=False)
+    assert checkpoints and scored.returncode == 0 and f"latest checkpoint, {checkpoints[-1].name}" in scored.stderr
     # the folder stays usable: a fixed config replaces the run, and --resume would say what differs
     fixed = write_config(tmp_path / "fixed.yaml", _config(world, out, steps=2, lr=1e-2))
     assert moore_cli("train", fixed, "--no-progress", "--overwrite").returncode == 0

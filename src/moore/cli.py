@@ -184,11 +184,20 @@ def bench(
 
 
 def _adapter_dir(path: Path) -> Path:
-    """A saved adapter folder, or the ``final``/``best`` folder of a run, or a checkpoint's model."""
+    """A saved adapter folder, or the ``final``/``best`` folder of a run, or a checkpoint's model; for a
+    run that has not finished, its latest checkpoint (said so on stderr)."""
+    from .training.checkpoints import latest_checkpoint
+
     for candidate in (path, path / "final", path / "model", path / "best"):
         if (candidate / "adapter_config.json").is_file():
             return candidate
-    _fail(f"{path} holds no saved adapter (adapter_config.json), and neither do its final/, model/ or best/")
+    checkpoint = latest_checkpoint(path / "checkpoints")
+    if checkpoint is not None and (checkpoint / "model" / "adapter_config.json").is_file():
+        typer.secho(f"{path} has no final/ yet (the run did not finish): using its latest checkpoint, {checkpoint.name}",
+                    fg=typer.colors.YELLOW, err=True)
+        return checkpoint / "model"
+    _fail(f"{path} holds no saved adapter (adapter_config.json), and neither do its final/, model/, best/ or "
+          "checkpoints/")
 
 
 @app.command("eval")
