@@ -384,6 +384,7 @@ class Trainer:
             (self.output_dir / "results.md").write_text(report + "\n")
             print("\n" + report)
             print(f"\nadapter and heads: {final}   results: {self.output_dir / 'results.json'}")
+        self.ctx.barrier()  # no rank tears the process group down while rank 0 still writes (gloo aborts)
         return results
 
 
