@@ -120,5 +120,6 @@ def moore_cli(*args: str, env: dict | None = None, check: bool = True, launcher:
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "MOORE_SVD_CACHE": "off", "OMP_NUM_THREADS": "1", **(env or {})}
     result = subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[:4000]}\n...\n{result.stderr[-3000:]}")
     return result
