@@ -1,0 +1,71 @@
+"""Is bf16 autocast faster than fp32 for a training step on this CPU? Side by side, in one run.
+
+    python benchmarks/bf16_speed.py [--methods moore-L8,lora,full] [--batch 32] [--length 128] [--steps 8]
+
+For each method of the ``nlu-mtl`` suite (MiniLM, budget-matched as the suite does), it times
+training steps (forward, backward, AdamW) on one fixed batch of real-length token ids, in fp32 and
+under ``torch.autocast(bfloat16)``, and prints the median seconds per step and the ratio
+bf16 / fp32 (below 1: bf16 is faster). Whether the scores match is for the suite's runs to show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from moore import AdapterConfig, get_moore_model  # noqa: E402
+from moore.bench.suites import get_suite, resolve_adapter  # noqa: E402
+from moore.hub import load_base_model  # noqa: E402
+
+
+def step_seconds(model, batch, task_ids, steps: int, bf16: bool) -> float:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-6)
+    model.train()
+    times = []
+    for i in range(steps + 1):  # the first step warms up
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**batch, **task_ids).last_hidden_state.float().pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--methods", default="moore-L8,lora,full")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=8)
+    args = parser.parse_args()
+    suite = get_suite("nlu-mtl")
+    base, _, _ = load_base_model(suite.config["model"]["name_or_path"])
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 5000, (args.batch, args.length), generator=g)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    num_tasks = len(suite.config["tasks"])
+    task_ids = {"task_ids": torch.arange(args.batch) % num_tasks}
+    print(f"{torch.get_num_threads()} threads, batch {args.batch} × {args.length} tokens, median of {args.steps} steps")
+    print(f"{'method':10s} {'fp32 s/step':>12s} {'bf16 s/step':>12s} {'bf16/fp32':>10s}")
+    for method in args.methods.split(","):
+        adapter, _ = resolve_adapter(suite, method, base)
+        model = get_moore_model(copy.deepcopy(base), AdapterConfig.from_dict({**adapter, "num_tasks": num_tasks}))
+        fp32 = step_seconds(model, batch, task_ids, args.steps, bf16=False)
+        bf16 = step_seconds(model, batch, task_ids, args.steps, bf16=True)
+        print(f"{method:10s} {fp32:12.3f} {bf16:12.3f} {bf16 / fp32:10.2f}", flush=True)
+        del model
+
+
+if __name__ == "__main__":
+    main()
