@@ -26,14 +26,19 @@ HASH = "::sha256"
 HASH_BF16 = "::sha256_bf16"
 
 
-def tensor_sha256(tensor: torch.Tensor) -> torch.Tensor:
-    """SHA-256 of a tensor's bytes (and shape and dtype), as 32 uint8 values."""
-    h = hashlib.sha256(f"{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+def sha256_of(tensor: torch.Tensor, tag: str = ""):
+    """A ``hashlib`` SHA-256 of a tensor's shape, dtype, ``tag`` and bytes."""
+    h = hashlib.sha256(f"{tuple(tensor.shape)}|{tensor.dtype}|{tag + '|' if tag else ''}".encode())
     flat = tensor.detach().contiguous().reshape(-1)
     chunk = 1 << 24  # 16M-element pieces: bounded host memory for weights on an accelerator
     for start in range(0, flat.numel(), chunk):
         h.update(flat[start : start + chunk].cpu().view(torch.uint8).numpy().tobytes())
-    return torch.frombuffer(bytearray(h.digest()), dtype=torch.uint8)
+    return h
+
+
+def tensor_sha256(tensor: torch.Tensor) -> torch.Tensor:
+    """SHA-256 of a tensor's bytes (and shape and dtype), as 32 uint8 values."""
+    return torch.frombuffer(bytearray(sha256_of(tensor).digest()), dtype=torch.uint8)
 
 
 def model_fingerprint(model: nn.Module, exclude_prefixes: tuple[str, ...] = (),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -99,6 +100,4 @@ def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 def json_sha256(data: Any) -> str:
     """A digest of JSON-able data that does not depend on key order or layout."""
-    import hashlib
-
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

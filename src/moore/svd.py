@@ -9,7 +9,6 @@ on a random probe before use, so a corrupt file is recomputed rather than truste
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .fingerprint import sha256_of
 from .io import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -33,12 +33,7 @@ def default_cache_dir() -> Path | None:
 
 
 def weight_digest(weight: torch.Tensor, svd_dtype: str) -> str:
-    h = hashlib.sha256(f"{tuple(weight.shape)}|{weight.dtype}|{svd_dtype}|".encode())
-    flat = weight.detach().contiguous().reshape(-1)
-    chunk = 1 << 24  # hash in 16M-element pieces: bounded host memory for weights on an accelerator
-    for start in range(0, flat.numel(), chunk):
-        h.update(flat[start : start + chunk].cpu().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return sha256_of(weight, svd_dtype).hexdigest()  # the same key as before: shape|dtype|svd_dtype|bytes
 
 
 def _reconstruction_error(weight: torch.Tensor, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> float:

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from ..io import write_json
+from ..runconfig import TrainingSpec
 from ..training.checkpoints import read_log
 from ..training.mixing import mixing_probabilities
 from .provenance import provenance
@@ -80,17 +81,10 @@ def chosen_steps(study: Study, runs: dict[str, dict]) -> int | None:
 
 def task_steps(suite: Suite, data_sizes: dict[str, int], steps: int) -> dict[str, int]:
     """How many optimizer steps' worth of examples each task gets in the mixture."""
-    training = suite.config["training"]
+    training = TrainingSpec.model_validate(suite.config["training"])  # the defaults live there
     names = list(data_sizes)
-    p = mixing_probabilities([data_sizes[n] for n in names], training.get("mixing", "proportional"),
-                             training.get("temperature", 2.0))
+    p = mixing_probabilities([data_sizes[n] for n in names], training.mixing, training.temperature)
     return {n: max(1, round(steps * float(pk))) for n, pk in zip(names, p)}
-
-
-def _best(study: Study, runs: dict[str, dict], prefix: str) -> dict | None:
-    """The run with the best validation average among those whose name starts with ``prefix``."""
-    done = [r for name, r in runs.items() if name.startswith(prefix)]
-    return max(done, key=lambda r: r["validation_best"], default=None)
 
 
 def plan(suite: Suite, runs: dict[str, dict]) -> list[RunSpec]:
@@ -127,7 +121,7 @@ def plan(suite: Suite, runs: dict[str, dict]) -> list[RunSpec]:
     specs += main.values()
     peers = [m for m in methods if suite.family(m) == PEER]
     strongest = None
-    if peers and all(main[p].name in runs for p in peers if p in main) and all(p in main for p in peers):
+    if peers and all(p in main and main[p].name in runs for p in peers):
         strongest = max(peers, key=lambda p: runs[main[p].name]["validation_best"])
     for m in dict.fromkeys([*study.main_methods, *([strongest] if strongest else [])]):
         if m in main:
@@ -249,8 +243,9 @@ def run_study(suite_name: str, results_dir: Path, runs_dir: Path, data_dir: Path
             running[name] = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT)
             print(f"[{time.time() - start:7.0f}s] {name}: started", flush=True)
         time.sleep(2)
-    left = [s.name for s in plan(suite, load_runs(results_dir)) if s.name not in load_runs(results_dir)]
-    print(f"study {suite_name}: {len(load_runs(results_dir))} runs done, {len(left)} left"
+    runs = load_runs(results_dir)
+    left = [s.name for s in plan(suite, runs) if s.name not in runs]
+    print(f"study {suite_name}: {len(runs)} runs done, {len(left)} left"
           + (f", failed: {sorted(failed)}" if failed else ""))
 
 
