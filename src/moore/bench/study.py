@@ -10,6 +10,7 @@ study resumes at any point and runs in pieces, in parallel, across sessions:
    steps); the rate with the best validation average wins. MoORE-L8 also tries its reflections at
    a fraction of its rate (``param_lrs``), and keeps that if it wins. The other peers take the rate
    chosen for ``lr_donor`` (LoRA).
+   With ``bf16_phases``, a precision run repeats the reference's winning grid run in bf16 autocast.
 3. seeds: every method once at the chosen rate and the full step count; the main methods (and the
    peer with the best validation average) at every seed.
 4. single: one adapter per task, with the steps that task got in the mixture, for ``single_methods``.
@@ -55,6 +56,7 @@ class RunSpec:
     tasks: tuple[str, ...] = ()  # empty: all the suite's tasks
     param_lrs: dict[str, float] = field(default_factory=dict)
     schedule: str | None = None  # None: the suite's
+    bf16: bool = False  # bf16 autocast in training
 
 
 def load_runs(results_dir: Path) -> dict[str, dict]:
@@ -99,6 +101,7 @@ def plan(suite: Suite, runs: dict[str, dict]) -> list[RunSpec]:
     methods = [m for m in suite.methods if suite.family(m) != ABLATION]
     tuned = [m for m in methods if m in study.tuned_methods]
     rates: dict[str, tuple[float, dict]] = {}  # method -> (lr, param_lrs) chosen on validation
+    winners: dict[str, RunSpec] = {}
     for m in tuned:
         grid = [RunSpec(f"grid~{m}~lr{lr_text(lr)}", "grid", m, lr, steps=grid_steps)
                 for lr in study.grid(suite.family(m))]
@@ -114,10 +117,14 @@ def plan(suite: Suite, runs: dict[str, dict]) -> list[RunSpec]:
                 continue
             winner = max([winner, *variants], key=lambda s: runs[s.name]["validation_best"])
         rates[m] = (winner.lr, winner.param_lrs)
+        winners[m] = winner
+    if study.bf16_phases and REFERENCE in winners:  # the same run in bf16: what the precision costs
+        specs.append(replace(winners[REFERENCE], name=f"precision~{REFERENCE}~bf16", phase="precision",
+                             bf16="precision" in study.bf16_phases))
     if study.lr_donor in rates:  # the untuned peers take the donor's rate
         rates.update({m: (rates[study.lr_donor][0], {}) for m in methods if m not in tuned})
     main = {m: RunSpec(f"seed~{m}~s{study.seeds[0]}", "seed", m, lr, seed=study.seeds[0], steps=steps,
-                       param_lrs=param_lrs) for m, (lr, param_lrs) in rates.items()}
+                       param_lrs=param_lrs, bf16="seed" in study.bf16_phases) for m, (lr, param_lrs) in rates.items()}
     specs += main.values()
     peers = [m for m in methods if suite.family(m) == PEER]
     strongest = None
@@ -130,7 +137,8 @@ def plan(suite: Suite, runs: dict[str, dict]) -> list[RunSpec]:
     for m in study.single_methods:
         if m in main and sizes:
             for task, n in task_steps(suite, sizes, steps).items():
-                specs.append(replace(main[m], name=f"single~{m}~{task}", phase="single", steps=n, tasks=(task,)))
+                specs.append(replace(main[m], name=f"single~{m}~{task}", phase="single", steps=n, tasks=(task,),
+                                     bf16="single" in study.bf16_phases))
     return specs
 
 
@@ -151,7 +159,7 @@ def run_config(suite: Suite, spec: RunSpec, adapter: dict, runs_dir: Path) -> di
         data["tasks"] = [t for t in data["tasks"] if t["name"] in spec.tasks]
     data["adapter"] = adapter
     training = data["training"]
-    training.update(lr=spec.lr, seed=spec.seed, steps=spec.steps, param_lrs=dict(spec.param_lrs))
+    training.update(lr=spec.lr, seed=spec.seed, steps=spec.steps, param_lrs=dict(spec.param_lrs), bf16=spec.bf16)
     training.update(eval_every=max(1, min(suite.study.eval_every, spec.steps)),
                     save_every=max(1, min(suite.study.eval_every, spec.steps)))
     if spec.schedule:
@@ -192,7 +200,8 @@ def execute(suite_name: str, name: str, results_dir: Path, runs_dir: Path, data_
     trainable, _ = model.adapted.get_nb_trainable_parameters()
     record = {
         "suite": suite_name, "name": name, "phase": spec.phase, "method": spec.method, "lr": spec.lr,
-        "param_lrs": spec.param_lrs, "seed": spec.seed, "steps": spec.steps, "tasks": [t.name for t in trainer.tasks],
+        "param_lrs": spec.param_lrs, "seed": spec.seed, "steps": spec.steps, "bf16": spec.bf16,
+        "tasks": [t.name for t in trainer.tasks],
         "adapter": adapter, "trainable_parameters": trainable, "share": trainable / model.adapted.num_base_parameters,
         "scores": results["after"], "average": results["average"]["after"], "zero_shot": results["zero_shot"],
         "best_step": results["best_step"], "validation_best": max(c["average"] for c in curve),
