@@ -262,6 +262,44 @@ def evaluate(
         write_json(output, {"split": split, "scores": results, "zero_shot": zs})
 
 
+@app.command("lm-eval")
+def lm_eval(
+    path: Annotated[Path, typer.Argument(help="a run's output dir, or a folder written by moore train")],
+    tasks: Annotated[str, typer.Option(help="comma-separated lm-evaluation-harness task names")],
+    task_id: Annotated[Optional[str], typer.Option(help="route as this task (an id or a trained task's name); "
+                                                        "default: an unseen task (the mean task embedding)")] = None,
+    include_path: Annotated[Optional[Path], typer.Option(help="a folder of extra harness task YAML files")] = None,
+    limit: Annotated[Optional[float], typer.Option(help="score only this many examples per task (or a fraction)")] = None,
+    num_fewshot: Annotated[Optional[int], typer.Option()] = None,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ...")] = None,
+    output: Annotated[Optional[Path], typer.Option("--json", help="also write the harness's results to this file")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Score a saved adapter on lm-evaluation-harness tasks (needs: pip install 'moore[lm-eval]')."""
+    from .io import write_json
+
+    _setup_logging(verbose)
+    directory = _adapter_dir(path)
+    try:
+        from .integrations.harness import evaluate as harness_evaluate
+    except ImportError as e:
+        _fail(str(e))
+    with _user_errors():
+        try:
+            results = harness_evaluate(directory, [t.strip() for t in tasks.split(",") if t.strip()], task_id=task_id,
+                                       include_path=include_path, limit=int(limit) if limit and limit >= 1 else limit,
+                                       batch_size=batch_size, num_fewshot=num_fewshot, device=device)
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"lm-eval: {e}") from None
+    from lm_eval.utils import make_table
+
+    typer.echo(f"{directory} — routed as {'task ' + task_id if task_id is not None else 'an unseen task'}\n")
+    typer.echo(make_table(results))
+    if output:
+        write_json(output, {k: v for k, v in results.items() if k in ("results", "configs", "n-samples", "versions")})
+
+
 @app.command()
 def info(path: Annotated[Path, typer.Argument(help="a saved adapter folder or a run's output dir")]) -> None:
     """Say what a saved adapter is: method, settings, base model, tasks, size."""

@@ -133,6 +133,8 @@ class TrainingSpec(_Strict):
     temperature: float = Field(2.0, gt=0, description="temperature sampling: p_k ∝ n_k^(1/T)")
     bf16: bool = False
     gradient_checkpointing: bool = False
+    parallelism: Literal["ddp", "fsdp"] = Field("ddp", description="with several processes: ddp (a replica of "
+                                                "the model each) or fsdp (each holds a shard of every parameter)")
     seed: int = 0
     aux_loss_weight: float = Field(0.01, ge=0, description="weight of load-balancing losses, where a method has them")
     log_every: int = Field(10, gt=0)

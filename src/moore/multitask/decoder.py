@@ -143,6 +143,27 @@ class DecoderTasks:
                     scores.setdefault(i, {})[k] = value
         return [max(scores[i], key=scores[i].get) for i in range(len(examples))]
 
+    @torch.no_grad()
+    def continuation_logprobs(self, pairs: Sequence[tuple[list[int], list[int]]], task_id: int | None,
+                              batch_size: int, progress: bool = False) -> list[tuple[float, bool]]:
+        """For each (context ids, continuation ids): the continuation's summed log-probability given
+        the context, and whether greedy decoding would produce it (lm-evaluation-harness's
+        ``loglikelihood``). A context longer than ``max_length`` loses its start."""
+        m, out = self.model, []
+        for chunk in chunks(list(pairs), batch_size, progress, "loglikelihood"):
+            rows = [(c + t)[-(m.max_length + 1):] for c, t in chunk]  # the last token is never an input
+            inputs = [r[:-1] for r in rows]
+            input_ids = pad(inputs, m.tokenizer.pad_token_id).to(m.device)
+            mask = pad([[1] * len(r) for r in inputs], 0).to(m.device)
+            logp = m.adapted(input_ids=input_ids, attention_mask=mask,
+                             task_ids=task_ids_tensor(task_id, len(chunk), m.device)).logits.float().log_softmax(-1)
+            for row, ((_, target), full) in enumerate(zip(chunk, rows)):
+                cols = torch.arange(len(full) - 1 - len(target), len(full) - 1, device=logp.device)
+                wanted = torch.tensor(target, device=logp.device)
+                scored = logp[row, cols]  # (n, V): the logits that predict each continuation token
+                out.append((scored.gather(-1, wanted[:, None]).sum().item(), bool((scored.argmax(-1) == wanted).all())))
+        return out
+
     def generated_choices(self, task: Task, examples: Sequence[Example], task_id: int | None, batch_size: int,
                           max_new_tokens: int, progress: bool) -> list[int]:
         """Greedy generation, then the first option the answer names (LLM-Adapters' extraction)."""

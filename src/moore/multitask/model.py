@@ -162,7 +162,10 @@ class MultiTaskModel(nn.Module):
         ``moore_tasks.json`` after saving are refused instead of routing each task to another's weights."""
         path = Path(directory)
         self.adapted.save_pretrained(path)
-        heads = {k: v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()}
+        # the registered tensors, not state_dict(): under FSDP that hands out shards even while the whole
+        # parameters are gathered for saving
+        named = [*self.heads.named_parameters(), *self.heads.named_buffers()]
+        heads = {k: v.detach().cpu().contiguous() for k, v in named}
         digest = {TASKS_DIGEST: json_sha256(self._task_list())}
         atomic_write(path / HEADS_NAME, lambda tmp: save_file(heads, tmp, metadata=digest))
         write_json(path / TASKS_NAME, {"model": self.model_spec.model_dump(), **self._task_list()})
@@ -175,6 +178,17 @@ class MultiTaskModel(nn.Module):
         """Load adapter and head weights saved by ``save`` into this (same-shaped) model."""
         self.adapted.load_adapter_weights(Path(directory) / WEIGHTS_NAME)
         self._load_heads(directory)
+
+    def saved_weights(self, directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+        """What ``save`` wrote into ``directory`` (adapter and heads), keyed by this module's
+        parameter names: the form a sharded model loads (``training.sharding.load_full_state``)."""
+        adapter, _ = load_safetensors(Path(directory) / WEIGHTS_NAME)
+        heads, _ = load_safetensors(Path(directory) / HEADS_NAME)
+        state = {**{f"adapted.model.{k}": v for k, v in adapter.items()}, **{f"heads.{k}": v for k, v in heads.items()}}
+        unknown = sorted(set(state) - {n for n, _ in self.named_parameters()})
+        if unknown:
+            raise AdapterFileError(f"{directory}: weights {unknown[:5]} are not parameters of this model")
+        return state
 
     def _load_heads(self, directory: str | os.PathLike) -> None:
         path = Path(directory) / HEADS_NAME

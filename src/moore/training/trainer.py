@@ -43,6 +43,15 @@ from .checkpoints import (
 )
 from .distributed import DistributedContext, init_distributed, shutdown
 from .mixing import TaskMixer
+from .sharding import (
+    as_float,
+    full_parameters,
+    is_sharded,
+    load_full_state,
+    load_optimizer_state,
+    optimizer_state,
+    shard,
+)
 from .schedules import lr_multiplier
 
 logger = logging.getLogger(__name__)
@@ -138,21 +147,31 @@ class Trainer:
             print(f"resuming from {checkpoint} at step {state.global_step}")
         return state
 
+    @property
+    def sharded(self) -> bool:
+        return self.model is not None and is_sharded(self.model)
+
+    def _whole(self):
+        """The weights whole on every process while they are saved or scored (FSDP); a no-op otherwise."""
+        return full_parameters(self.model) if self.sharded else nullcontext()
+
     def _save_checkpoint(self, state: TrainerState, optimizer, scheduler, mixer) -> None:
-        self._check_weights_finite(state)
-        state.optimizer, state.scheduler, state.mixer = optimizer.state_dict(), scheduler.state_dict(), mixer.state_dict()
+        state.optimizer = optimizer_state(self.model, optimizer) if self.sharded else optimizer.state_dict()
+        state.scheduler, state.mixer = scheduler.state_dict(), mixer.state_dict()
         state.rng = self.ctx.gather_object(torch.get_rng_state())
         if self.ctx.device.type == "cuda":
             state.cuda_rng = self.ctx.gather_object(torch.cuda.get_rng_state(self.ctx.device))
-        if self.ctx.is_main:
-            def build(tmp: Path) -> None:
-                self.model.save(tmp / "model")
-                torch.save(asdict(state), tmp / STATE_NAME)  # plain tensors and numbers: loads with weights_only
-                (tmp / "trainer_state.json").write_text(json.dumps(state.summary(), indent=2) + "\n")
-                (tmp / CONFIG_NAME).write_text(self.config.model_dump_json(indent=2) + "\n")
+        with self._whole():
+            self._check_weights_finite(state)
+            if self.ctx.is_main:
+                def build(tmp: Path) -> None:
+                    self.model.save(tmp / "model")
+                    torch.save(asdict(state), tmp / STATE_NAME)  # plain tensors and numbers: loads with weights_only
+                    (tmp / "trainer_state.json").write_text(json.dumps(state.summary(), indent=2) + "\n")
+                    (tmp / CONFIG_NAME).write_text(self.config.model_dump_json(indent=2) + "\n")
 
-            replace_dir(build, self.checkpoint_dir / f"step-{state.global_step:07d}")
-            prune_checkpoints(self.checkpoint_dir, self.spec.keep_checkpoints)
+                replace_dir(build, self.checkpoint_dir / f"step-{state.global_step:07d}")
+                prune_checkpoints(self.checkpoint_dir, self.spec.keep_checkpoints)
         self.ctx.barrier()
 
     def _check_weights_finite(self, state: TrainerState) -> None:
@@ -219,11 +238,16 @@ class Trainer:
         stage_tasks = self.stages[stage]
         mixer = TaskMixer([len(self.train_data[n]) for n in stage_tasks], spec.mixing, spec.temperature,
                           seed=spec.seed, stage=stage)
+        if ctx.enabled and spec.parallelism == "fsdp":
+            shard(self.model)  # before the optimizer, which must hold the shards
         optimizer = self._optimizer(stage_tasks)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_multiplier(spec.schedule, spec.steps, spec.warmup_steps, spec.decay_steps, spec.min_lr_ratio))
         if resuming and state.stage_step > 0:
-            optimizer.load_state_dict(state.optimizer)
+            if self.sharded:
+                load_optimizer_state(self.model, optimizer, state.optimizer)
+            else:
+                optimizer.load_state_dict(state.optimizer)
             scheduler.load_state_dict(state.scheduler)
             mixer.load_state_dict(state.mixer)
             torch.set_rng_state(state.rng[ctx.rank])
@@ -233,12 +257,13 @@ class Trainer:
             state.stage, state.stage_step, state.best_score, state.best_step = stage, 0, None, None
         params = [p for g in optimizer.param_groups for p in g["params"]]
         model = self.model
-        if ctx.enabled:
+        if ctx.enabled and not self.sharded:
             model = DistributedDataParallel(self.model, find_unused_parameters=True, broadcast_buffers=False)
         global_batch = spec.batch_size * spec.grad_accum_steps * ctx.world_size
         if ctx.is_main:
             print(f"stage {stage + 1}/{len(self.stages)} ({', '.join(stage_tasks)}): {spec.steps} steps of "
-                  f"{global_batch} examples ({ctx.world_size} process(es) × {spec.grad_accum_steps} micro-batches "
+                  f"{global_batch} examples ({ctx.world_size} process(es){' sharded by FSDP' if self.sharded else ''} × "
+                  f"{spec.grad_accum_steps} micro-batches "
                   f"× {spec.batch_size}), mixing {dict(zip(stage_tasks, mixer.probabilities.round(3).tolist()))}")
         self.model.train()
         bar = tqdm(total=spec.steps, initial=state.stage_step, desc=f"stage {stage + 1}", disable=not
@@ -288,7 +313,9 @@ class Trainer:
         loss_sum = 0.0
         for j, batch in enumerate(batches):
             sync = j == len(batches) - 1 or not ctx.enabled
-            with (nullcontext() if sync else model.no_sync()), autocast:
+            if self.sharded:  # FSDP reduces the gradients of the last micro-batch only
+                model.set_requires_gradient_sync(sync)
+            with (nullcontext() if sync or self.sharded else model.no_sync()), autocast:
                 summed, _ = model(batch)
                 loss = summed * (ctx.world_size / max(total_units, 1.0))
                 aux = self.model.adapted.auxiliary_loss()
@@ -300,9 +327,9 @@ class Trainer:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         if spec.max_grad_norm:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm).item()
+            grad_norm = as_float(torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm))
         else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]).item()
+            grad_norm = as_float(torch.nn.utils.get_total_norm([p.grad for p in params]))
         (loss_total,) = ctx.all_reduce_sum([loss_sum])
         loss_mean = loss_total / max(total_units, 1)
         if not (math.isfinite(loss_mean) and math.isfinite(grad_norm)):
@@ -310,13 +337,15 @@ class Trainer:
         return loss_mean, grad_norm
 
     def _evaluate(self, data: dict, final: bool = False, task_id="own") -> dict:
-        """Scores on rank 0, handed to every rank, so that all ranks take the same decisions."""
+        """Scores on rank 0, handed to every rank, so that all ranks take the same decisions. Under
+        FSDP every rank runs the same evaluation: a forward gathers each block from all of them."""
         results = {}
-        if self.ctx.is_main:
+        if self.ctx.is_main or self.sharded:
             ev = self.config.evaluation
-            results = evaluate_tasks(self.model, data, batch_size=ev.batch_size, scoring=ev.scoring,
-                                     max_new_tokens=ev.max_new_tokens, task_id=task_id,
-                                     progress=self.progress and final)
+            with self._whole():
+                results = evaluate_tasks(self.model, data, batch_size=ev.batch_size, scoring=ev.scoring,
+                                         max_new_tokens=ev.max_new_tokens, task_id=task_id,
+                                         progress=self.progress and final and self.ctx.is_main)
         return self.ctx.broadcast_object(results)
 
     def _eval_and_keep_best(self, state: TrainerState, log: JsonlLog) -> None:
@@ -332,10 +361,11 @@ class Trainer:
                 f"{n} {self.eval_data[n][0].metric}={results[n][self.eval_data[n][0].metric]:.4f}" for n in stage_tasks))
         improved = score is not None and math.isfinite(score) and (state.best_score is None or score > state.best_score)
         if self.spec.keep_best and improved:
-            self._check_weights_finite(state)
-            state.best_score, state.best_step = score, state.global_step
-            if self.ctx.is_main:
-                replace_dir(lambda tmp: self.model.save(tmp), self.output_dir / "best")
+            with self._whole():
+                self._check_weights_finite(state)
+                state.best_score, state.best_step = score, state.global_step
+                if self.ctx.is_main:
+                    replace_dir(lambda tmp: self.model.save(tmp), self.output_dir / "best")
             self.ctx.barrier()
 
     def _end_stage(self, state: TrainerState, log: JsonlLog) -> None:
@@ -344,12 +374,16 @@ class Trainer:
         best = self.output_dir / "best"
         if (len(self.stages) == 1 and self.spec.keep_best and state.best_step is not None
                 and state.best_step != state.global_step):
+            if self.sharded:  # rank 0 reads them whole; every rank takes its shard
+                load_full_state(self.model, self.model.saved_weights(best) if self.ctx.is_main else {})
+            else:
+                if self.ctx.is_main:
+                    self.model.load_weights(best)
+                # rank 0 read them; the others take its copy, so every replica ends identical
+                self.ctx.broadcast_tensors([p for p in self.model.parameters() if p.requires_grad])
             if self.ctx.is_main:
-                self.model.load_weights(best)
                 print(f"keep-best: restored the weights of step {state.best_step} "
                       f"(validation average {state.best_score:.4f})")
-            # rank 0 read them; the others take its copy, so every replica ends identical
-            self.ctx.broadcast_tensors([p for p in self.model.parameters() if p.requires_grad])
         results = self._evaluate(self.test_data, final=True)
         state.stage_results = state.stage_results[: state.stage] + [results]
         if self.ctx.is_main:
@@ -357,7 +391,8 @@ class Trainer:
                      "eval": results, "average": primary_average(results, self.tasks)})
 
     def _finish(self, state: TrainerState) -> dict[str, Any]:
-        self.ctx.check_replicas_agree([p for p in self.model.parameters() if p.requires_grad])
+        if not self.sharded:  # under FSDP each process holds its own shard by design
+            self.ctx.check_replicas_agree([p for p in self.model.parameters() if p.requires_grad])
         after = state.stage_results[-1]
         zero_shot = self._evaluate(self.zero_shot_data, final=True, task_id=None) if self.zero_shot else {}
         results = {
@@ -376,9 +411,11 @@ class Trainer:
         }
         if len(self.stages) > 1:
             results["forgetting_matrix"] = forgetting_matrix(state.stage_results, self.tasks)
+        final = self.output_dir / "final"
+        with self._whole():
+            if self.ctx.is_main:
+                replace_dir(lambda tmp: self.model.save(tmp), final)
         if self.ctx.is_main:
-            final = self.output_dir / "final"
-            replace_dir(lambda tmp: self.model.save(tmp), final)
             write_json(self.output_dir / "results.json", results)
             report = results_markdown(results, self.tasks, self.zero_shot, self.stages, self.output_dir)
             (self.output_dir / "results.md").write_text(report + "\n")
