@@ -107,3 +107,26 @@ def test_the_collator_pads_and_keeps_task_ids():
     assert batch["task_ids"].tolist() == [1, 0] and batch["task_ids"].dtype == torch.long
     with pytest.raises(ValueError, match="no 'task_ids'"):
         collate([{"input_ids": [1]}])
+
+
+@pytest.mark.slow
+def test_a_datasets_dataset_keeps_its_columns(decoder_run, tmp_path):
+    """With a ``datasets.Dataset`` the Trainer drops the columns its model's forward does not name;
+    ``trainer_arguments`` keeps them, and every step sees its task ids."""
+    datasets = pytest.importorskip("datasets")
+    _, config = decoder_run
+    again = MooreTrainer(config.model_copy(update={"output_dir": str(tmp_path / "unused")}), progress=False,
+                         device="cpu")
+    again._load_data()
+    model = MultiTaskModel.build(config.model, config.adapter, again.tasks, task_specs=config.tasks)
+    rows = [r for t in ("mood", "pick") for r in multitask_features(model, t, again.train_data[t][:8])]
+    seen = []
+    model.adapted.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs.get("task_ids")),
+                                            with_kwargs=True)
+    before = {k: v.detach().clone() for k, v in model.adapted.adapter_state_dict().items()}
+    args = trainer_arguments(tmp_path / "hf", max_steps=2, per_device_train_batch_size=4, learning_rate=1e-2,
+                             report_to=[], save_strategy="no", use_cpu=True)
+    Trainer(model=model.adapted, args=args, train_dataset=datasets.Dataset.from_list(rows),
+            data_collator=TaskDataCollator(model.tokenizer)).train()
+    assert len(seen) == 2 and all(ids is not None and ids.shape == (4,) for ids in seen)
+    assert any(not torch.equal(before[k], v) for k, v in model.adapted.adapter_state_dict().items())

@@ -64,6 +64,9 @@ def test_the_plan_unfolds_phase_by_phase():
         runs[name] = _record(name, "moore-L8", validation, param_lrs={"reflections": 1e-3 * float(factor)})
     specs = {s.name: s for s in plan(SUITE, runs)}
     assert specs["seed~moore-L8~s0"].param_lrs == {"reflections": 1e-4} and specs["seed~moore-L8~s0"].steps == 400
+    precision = specs["precision~moore-L8~bf16"]  # the winning grid run again, in bf16
+    assert precision.bf16 and precision.steps == 200 and precision.param_lrs == {"reflections": 1e-4}
+    assert specs["seed~moore-L8~s0"].bf16 and not specs["grid~moore-L8~lr1e-3"].bf16
     assert specs["seed~mixlora~s0"].lr == 1e-3  # an untuned peer takes LoRA's rate
     assert "seed~moore-L8~s2" in specs and "seed~mixlora~s1" not in specs
     for name, spec in specs.items():
@@ -99,9 +102,11 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
                                                 correct=0.9 if m == "moore-L8" else 0.6)
         for t in TASKS:
             runs[f"single~{m}~{t}"] = _record(f"x{m}{t}", m, 0.6, tasks=[t], correct=0.7)
+    runs["precision~moore-L8~bf16"] = _record("p", "moore-L8", 0.6, lr=1e-3, correct=0.75)
     for name, record in runs.items():
         write_json(tmp_path / "runs" / f"{name}.json", record)
     report = write_study_report("nlu-mtl", tmp_path).read_text()
+    assert "## Precision: bf16 autocast against fp32" in report and "bf16 − fp32 on the test average: -5.00" in report
     assert "Chosen step count: **300**" in report
     assert "| moore-L8 | 3 | 1,000 (5.00%) |" in report and "± " in report
     assert "## MoORE-L8 against each method: paired bootstrap" in report and "| lora | **+" in report

@@ -212,6 +212,8 @@ def evaluate(
     max_eval: Annotated[Optional[int], typer.Option(help="score a fixed random subset of this size per task")] = None,
     batch_size: Annotated[int, typer.Option()] = 32,
     max_new_tokens: Annotated[int, typer.Option()] = 16,
+    routing: Annotated[str, typer.Option(help="own (each task its id), infer (the task classifier's mixture), "
+                                              "unseen (the mean task embedding)")] = "own",
     output: Annotated[Optional[Path], typer.Option("--json", help="also write the scores to this JSON file")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -227,6 +229,8 @@ def evaluate(
         _fail(f"--split must be validation or test, got {split!r}")
     if scoring not in ("loglik", "generate"):
         _fail(f"--scoring must be loglik or generate, got {scoring!r}")
+    if routing not in ("own", "infer", "unseen"):
+        _fail(f"--routing must be own, infer or unseen, got {routing!r}")
     directory = _adapter_dir(path)
     with _user_errors():
         _, specs = MultiTaskModel.read_specs(directory)
@@ -247,19 +251,122 @@ def evaluate(
         data = {t.name: (t, t.load(data_dir, split, limit=max_eval or limits.get(t.name))) for t in selected}
         zs_data = {t.name: (t, t.load(data_dir, split, limit=max_eval)) for t in extra}
         model = MultiTaskModel.load(directory, all_tasks)
-        results = evaluate_tasks(model, data, batch_size=batch_size, scoring=scoring,
-                                 max_new_tokens=max_new_tokens, progress=True)
+        results = evaluate_tasks(model, data, batch_size=batch_size, scoring=scoring, max_new_tokens=max_new_tokens,
+                                 task_id={"own": "own", "infer": "infer", "unseen": None}[routing], progress=True)
         zs = {}
         if extra:
             zs = evaluate_tasks(model, zs_data, batch_size=batch_size, scoring=scoring,
                                 max_new_tokens=max_new_tokens, task_id=None, progress=True)
-    typer.echo(f"{directory} — {split} split\n")
+    typer.echo(f"{directory} — {split} split" + ("" if routing == "own" else f", routing: {routing}") + "\n")
     typer.echo(scores_table({"score": results}, selected))
     if zs:
         typer.echo("\nzero-shot (unseen-task embedding):\n")
         typer.echo(scores_table({"score": zs}, extra))
     if output:
         write_json(output, {"split": split, "scores": results, "zero_shot": zs})
+
+
+@contextmanager
+def _value_errors(what: str):
+    """ValueErrors of a command whose input names the problem (a method without a task table, a
+    task given twice) as user errors."""
+    from pydantic import ValidationError
+
+    from .runconfig import format_validation_error
+
+    try:
+        yield
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, what)) from None
+    except ValueError as e:
+        raise ConfigError(f"{what}: {e}") from None
+
+
+@app.command("fit-task-classifier")
+def fit_task_classifier(
+    path: Annotated[Path, typer.Argument(help="a run's output dir, or a folder written by moore train")],
+    data_dir: DataDir = None,
+    max_per_task: Annotated[int, typer.Option(help="training inputs per task the classifier learns from")] = 1000,
+) -> None:
+    """Fit the task classifier of a saved MoORE adapter (task-free inference: --routing infer) on
+    its tasks' training inputs, score it on their validation inputs, and save it with the adapter."""
+    from .data.tasks import default_data_dir
+    from .multitask import MultiTaskModel
+    from .runconfig import check_data
+
+    directory = _adapter_dir(path)
+    with _user_errors():
+        _, specs = MultiTaskModel.read_specs(directory)
+        tasks = [s.build() for s in specs]
+        data_dir = data_dir or default_data_dir()
+        check_data(tasks, data_dir, ("train", "validation"))
+        limits = {s.name: s.max_train for s in specs}
+        train = {t.name: t.load(data_dir, "train", limit=limits[t.name], seed=0) for t in tasks}
+        validation = {t.name: t.load(data_dir, "validation", seed=0) for t in tasks}
+        model = MultiTaskModel.load(directory, tasks)
+        with _value_errors("fit-task-classifier"):
+            accuracy = model.fit_task_classifier(train, max_per_task=max_per_task)
+        held_out = model.task_identification(validation, max_per_task=max_per_task)
+        model.adapted.save_pretrained(directory)
+    typer.echo(f"task classifier saved in {directory}: identifies the task of {100 * accuracy:.1f}% of the training "
+               f"inputs it saw, and of the validation inputs:")
+    for name, value in held_out.items():
+        typer.echo(f"  {name}: {100 * value:.1f}%")
+
+
+@app.command("add-task")
+def add_task(
+    path: Annotated[Path, typer.Argument(help="a trained MoORE run (or adapter folder) to add a task to")],
+    task: Annotated[str, typer.Option(help="a registered task name, or a YAML file holding one task spec "
+                                           "(as an entry of a run config's tasks)")],
+    output_dir: Annotated[Path, typer.Option(help="where the adapter with the new task goes")],
+    data_dir: DataDir = None,
+    max_train: Annotated[Optional[int], typer.Option(help="train on this many examples of the task")] = 100,
+    steps: Annotated[int, typer.Option()] = 200,
+    lr: Annotated[float, typer.Option()] = 1e-2,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    seed: Annotated[int, typer.Option()] = 0,
+    progress: Annotated[bool, typer.Option(help="tqdm progress bars")] = True,
+) -> None:
+    """Add a task to a trained MoORE adapter from a few examples: one new task-table row (and head),
+    trained alone; the adapter's other tasks keep their outputs bit for bit."""
+    from .data.tasks import default_data_dir
+    from .evaluation import evaluate_tasks, scores_table
+    from .multitask import MultiTaskModel
+    from .runconfig import TaskSpec, check_data
+    from .training.checkpoints import replace_dir
+    from .training.new_task import add_and_train_task
+
+    directory = _adapter_dir(path)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        _fail(f"{output_dir} is not empty; give add-task a new --output-dir")
+    with _user_errors():
+        if task.endswith((".yaml", ".yml", ".json")):
+            import yaml
+
+            if not Path(task).is_file():
+                raise ConfigError(f"--task {task}: no such file")
+            fields = yaml.safe_load(Path(task).read_text(encoding="utf-8"))
+            if not isinstance(fields, dict):
+                raise ConfigError(f"--task {task}: the file must hold one task spec (a mapping)")
+            with _value_errors(f"--task {task}"):
+                spec = TaskSpec.model_validate({**fields, "max_train": max_train})
+            new = spec.build(Path(task).resolve().parent)
+        else:
+            spec = TaskSpec(name=task, max_train=max_train)
+            new = spec.build()
+        data_dir = data_dir or default_data_dir()
+        check_data([new], data_dir, ("train", "test"))
+        examples = new.load(data_dir, "train", limit=max_train, seed=seed)
+        model = MultiTaskModel.load(directory)
+        with _value_errors("add-task"):
+            add_and_train_task(model, new, examples, spec=spec, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                               progress=progress)
+        replace_dir(lambda tmp: model.save(tmp), output_dir)
+        scores = evaluate_tasks(model, {new.name: (new, new.load(data_dir, "test"))}, batch_size=64)
+    typer.echo(f"task {new.name!r} added as task {model.task_id(new.name)} from {len(examples)} examples; "
+               f"adapter and heads: {output_dir}\n")
+    typer.echo(scores_table({"score": scores}, [new]))
 
 
 @app.command("lm-eval")

@@ -78,6 +78,10 @@ def load_base_model(name_or_path: str, *, kind: str = "auto", gguf_file: str | N
         raise ConfigError(f"model {name_or_path!r} could not be loaded: {str(e).splitlines()[0]}") from e
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if gguf:  # GGUF weights are de-quantized at load: a plain float model, which the Trainer may train
+        model.is_quantized, model.hf_quantizer = False, None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     return model, tokenizer, kind
 
 

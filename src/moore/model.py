@@ -9,6 +9,7 @@ by the config's adapter layers (MoORE by default), freezes everything else, and 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -29,6 +30,7 @@ from .fingerprint import fingerprint_digest, fingerprint_mismatches, model_finge
 from .layers.base import AdapterLayer, is_linear
 from .routing import TaskRouting, route_checkpointed_modules
 from .svd import default_cache_dir
+from .task_inference import CLASSIFIER_NAME, TaskClassifier, collect_features, pooled_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +122,21 @@ def _fingerprint_for(model: nn.Module, config: AdapterConfig) -> dict[str, torch
     return model_fingerprint(model, exclude, hashed)
 
 
+def _load_classifier(path: Path, num_tasks: int) -> TaskClassifier:
+    state, _ = load_safetensors(path)
+    weight = state.get("linear.weight")
+    if weight is None or weight.dim() != 2:
+        raise AdapterFileError(f"{path}: not a task classifier (no 2-D linear.weight)")
+    classifier = TaskClassifier(weight.shape[1], weight.shape[0])
+    try:
+        classifier.load_state_dict(state)
+    except RuntimeError as e:
+        raise AdapterFileError(f"{path}: {' '.join(str(e).split())[:300]}") from None
+    if classifier.num_tasks > num_tasks:
+        raise AdapterFileError(f"{path} classifies {classifier.num_tasks} tasks; the adapter has {num_tasks}")
+    return classifier
+
+
 # --- the wrapper ---------------------------------------------------------------------------------
 class MooreModel(nn.Module):
     """A transformers model with adapter layers in place of its targeted linear layers."""
@@ -132,6 +149,7 @@ class MooreModel(nn.Module):
         self.routing = TaskRouting(config.num_tasks)
         self.unloaded = False  # merge_and_unload: the adapter layers are swapped for dense ones
         self.unloaded_task_id: int | None = None
+        self.task_classifier: TaskClassifier | None = None  # task_ids="infer" (fit_task_classifier)
         cache = default_cache_dir() if svd_cache_dir is _DEFAULT else svd_cache_dir
 
         saved = self._modules_to_save()
@@ -150,6 +168,10 @@ class MooreModel(nn.Module):
             self._adapter_layers[name] = layer
         for name in saved:
             model.get_submodule(name).requires_grad_(True)
+        if getattr(config, "added_tasks", 0):  # an adapter with added tasks trains those rows and nothing else
+            self.requires_grad_(False)
+            for layer in self._adapter_layers.values():
+                layer.added_task_embedding.requires_grad_(True)
         logger.info("%s: adapted %d layers of %s", config.method, len(targets), type(model).__name__)
 
     def _modules_to_save(self) -> list[str]:
@@ -169,6 +191,11 @@ class MooreModel(nn.Module):
 
     def _route(self, task_ids, args: tuple, kwargs: dict):
         device = next(self.model.parameters()).device
+        if isinstance(task_ids, str):
+            if task_ids != "infer":
+                raise ValueError(f"task_ids={task_ids!r}: give task ids, None (an unseen task), (B, K) task mixture "
+                                 "weights, or 'infer'")
+            task_ids = self.infer_task_weights(*args, **kwargs)
         ids = self.routing.validate(task_ids, _batch_size(args, kwargs), device)
         if self.unloaded:
             want = None if ids is None else ids.unique().tolist()
@@ -191,6 +218,49 @@ class MooreModel(nn.Module):
         """``generate`` with per-sample task ids; they follow the batch through beam expansion."""
         with self._route(task_ids, args, kwargs):
             return self.model.generate(*args, **kwargs)
+
+    # --- task-free inference and new tasks ---------------------------------------------------------
+    def infer_task_weights(self, input_ids=None, attention_mask=None, inputs_embeds=None, **_) -> torch.Tensor:
+        """(B, K) task probabilities from the task classifier, for ``task_ids="infer"``."""
+        if self.task_classifier is None:
+            raise ValueError("task_ids='infer' needs a task classifier: fit one with fit_task_classifier(...) "
+                             "(moore fit-task-classifier RUN_DIR), or load an adapter saved with one")
+        if self.task_classifier.num_tasks != self.routing.num_tasks:
+            raise ValueError(f"the task classifier knows {self.task_classifier.num_tasks} tasks and the adapter has "
+                             f"{self.routing.num_tasks} (a task was added): fit it again")
+        features = pooled_embeddings(self.model, input_ids, attention_mask, inputs_embeds)
+        return self.task_classifier.to(features.device)(features)
+
+    def fit_task_classifier(self, batches) -> float:
+        """Fit the task classifier on ``(inputs, task_ids)`` batches of the training tasks' inputs;
+        returns its accuracy on them."""
+        features, labels = collect_features(self.model, batches)
+        self.task_classifier = TaskClassifier.fit(features, labels, self.routing.num_tasks)
+        with torch.no_grad():
+            predicted = self.task_classifier(features).argmax(-1)
+        return float((predicted == labels).float().mean())
+
+    def add_task(self) -> int:
+        """Append a task to the adapter: one new row of every layer's task table, starting equal
+        to the unseen-task embedding. Every other parameter is frozen, so training now moves only
+        that row and the outputs of the existing tasks stay bit-identical. Returns the new id."""
+        layers = [layer for _, layer in self.adapter_layers()]
+        if not layers or not all(hasattr(layer, "add_task") for layer in layers):
+            raise ValueError(f"add_task needs a task table in every adapted layer (MoORE with task_dim > 0); "
+                             f"{self.adapter_config.method} has none")
+        if self.unloaded or any(getattr(layer, "reflections_merged", False) for layer in layers):
+            raise ValueError("add_task on a merged model: call unmerge_adapter() first")
+        config = self.adapter_config
+        for layer in layers:
+            layer.add_task()
+        self.requires_grad_(False)
+        for layer in layers:
+            layer.added_task_embedding.requires_grad_(True)
+        base_tasks = config.base_tasks or config.num_tasks - config.added_tasks
+        self.adapter_config = dataclasses.replace(config, num_tasks=config.num_tasks + 1, added_tasks=1,
+                                                  base_tasks=base_tasks)
+        self.routing.num_tasks += 1
+        return self.routing.num_tasks - 1
 
     def auxiliary_loss(self) -> torch.Tensor | None:
         """Sum of the layers' auxiliary losses from the last forward (e.g. load balancing), or None."""
@@ -261,6 +331,11 @@ class MooreModel(nn.Module):
         metadata = {"format": "pt", CONFIG_DIGEST: json_sha256(self.adapter_config.to_dict())}
         atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(weights, tmp, metadata=metadata))
         atomic_write(path / FINGERPRINT_NAME, lambda tmp: save_file(self.base_fingerprint, tmp))
+        if self.task_classifier is not None:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.task_classifier.state_dict().items()}
+            atomic_write(path / CLASSIFIER_NAME, lambda tmp: save_file(state, tmp))
+        elif (path / CLASSIFIER_NAME).exists():  # a stale classifier of an earlier save would route this one
+            (path / CLASSIFIER_NAME).unlink()
         base_config = getattr(self.model, "config", None)
         meta = {
             "moore_version": __version__,
@@ -322,6 +397,8 @@ class MooreModel(nn.Module):
             )
         wrapper = cls(model, config, svd_cache_dir=svd_cache_dir, _fingerprint=current)
         wrapper.load_adapter_weights(Path(directory) / WEIGHTS_NAME)
+        if (Path(directory) / CLASSIFIER_NAME).is_file():
+            wrapper.task_classifier = _load_classifier(Path(directory) / CLASSIFIER_NAME, wrapper.routing.num_tasks)
         if not is_trainable:
             wrapper.requires_grad_(False)
             wrapper.eval()

@@ -38,14 +38,15 @@ class TaskRouting:
             self.task_ids = previous
 
     def ids_for(self, num_rows: int, where: str = "layer") -> torch.Tensor | None:
-        """The task id of each of ``num_rows`` rows reaching a layer, or None for an unseen task."""
+        """The task id (or mixture weights) of each of ``num_rows`` rows reaching a layer, or None
+        for an unseen task."""
         ids = self.task_ids
-        if ids is None or ids.numel() == num_rows:
+        if ids is None or ids.shape[0] == num_rows:
             return ids
-        if ids.numel() and num_rows % ids.numel() == 0:
-            return ids.repeat_interleave(num_rows // ids.numel())
+        if ids.shape[0] and num_rows % ids.shape[0] == 0:
+            return ids.repeat_interleave(num_rows // ids.shape[0], dim=0)
         raise ValueError(
-            f"{where} received a batch of {num_rows} rows but task_ids has {ids.numel()} entries; "
+            f"{where} received a batch of {num_rows} rows but task_ids has {ids.shape[0]} entries; "
             "pass one task id per sample"
         )
 
@@ -55,8 +56,11 @@ class TaskRouting:
             return None
         if not torch.is_tensor(task_ids):
             task_ids = torch.as_tensor(task_ids)
+        if task_ids.dtype.is_floating_point and task_ids.dim() == 2:
+            return self._mixture(task_ids, batch_size, device)
         if task_ids.dtype.is_floating_point or task_ids.dtype == torch.bool or task_ids.is_complex():
-            raise TypeError(f"task_ids must hold integers, got dtype {task_ids.dtype}")
+            raise TypeError(f"task_ids must hold integers (or be (B, K) float task mixture weights), "
+                            f"got dtype {task_ids.dtype} and shape {tuple(task_ids.shape)}")
         if task_ids.dim() == 0:
             task_ids = task_ids.reshape(1).expand(batch_size or 1)
         if task_ids.dim() != 1:
@@ -72,6 +76,21 @@ class TaskRouting:
                     f"(valid ids 0..{self.num_tasks - 1}); use task_ids=None for an unseen task"
                 )
         return task_ids.to(device=device, dtype=torch.long)
+
+
+    def _mixture(self, weights: torch.Tensor, batch_size: int | None, device) -> torch.Tensor:
+        """(B, K) task mixture weights: each row non-negative and summing to 1."""
+        if weights.shape[1] != self.num_tasks:
+            raise ValueError(f"task mixture weights have {weights.shape[1]} columns but this adapter has "
+                             f"num_tasks={self.num_tasks}")
+        if batch_size is not None and weights.shape[0] != batch_size:
+            raise ValueError(f"task_ids has {weights.shape[0]} rows but the batch has {batch_size} samples")
+        if not torch.isfinite(weights).all() or (weights < 0).any():
+            raise ValueError("task mixture weights must be finite and non-negative")
+        sums = weights.double().sum(-1)
+        if not torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
+            raise ValueError(f"each row of task mixture weights must sum to 1 (got sums {sums[:4].tolist()}...)")
+        return weights.to(device=device, dtype=torch.float32)
 
 
 def routed_checkpoint(checkpoint_fn: Callable, routing: TaskRouting) -> Callable:

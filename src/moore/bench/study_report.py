@@ -147,6 +147,7 @@ def write_study_report(suite_name: str, results_dir: Path) -> Path:
                   "resumes per run.", ""]
     lines += _convergence(suite, runs, results_dir)
     lines += _rates(runs, todo)
+    lines += _precision(suite, runs)
     chosen = chosen_runs(suite, runs)
     if chosen:
         lines += _scores(suite, chosen, tasks, zero_names)
@@ -213,6 +214,28 @@ def _rates(runs: dict, todo: list[str]) -> list[str]:
         chosen = (" (best so far)" if pending else " (chosen)") if best[r["method"]][0] == name else ""
         lines.append(f"| {r['method']} | {rate}{chosen} | {_pct(r['validation_best'])} |")
     return lines + [""]
+
+
+def _precision(suite: Suite, runs: dict) -> list[str]:
+    """The reference's winning grid run (fp32) against the same run in bf16 autocast."""
+    twin = runs.get(f"precision~{REFERENCE}~bf16")
+    if twin is None:
+        return []
+    fp32 = next((r for name, r in runs.items() if name.startswith(f"grid~{REFERENCE}~") and r["lr"] == twin["lr"]
+                 and r["param_lrs"] == twin["param_lrs"]), None)
+    if fp32 is None:
+        return []
+    lines = ["## Precision: bf16 autocast against fp32", "",
+             f"{REFERENCE}'s winning grid run repeated with bf16 autocast in training (evaluation in fp32), same seed "
+             "and steps. The seed-to-seed spread of the scores table is the noise to read the difference against.",
+             "", "| precision | device | validation average | test average | s / step |", "|---|---|---|---|---|"]
+    for label, r in (("fp32", fp32), ("bf16", twin)):
+        lines.append(f"| {label} | {r['device']} | {_pct(r['validation_best'])} | {_pct(r['average'])} | "
+                     f"{r['train_seconds'] / r['steps']:.3f} |")
+    delta = twin["average"] - fp32["average"]
+    lines += ["", f"bf16 − fp32 on the test average: {100 * delta:+.2f} points. The seed and single-task phases "
+              f"train in bf16 ({', '.join(suite.study.bf16_phases)}); the convergence and grid runs in fp32.", ""]
+    return lines
 
 
 def _scores(suite: Suite, chosen: dict, tasks: list[str], zero_names: list[str]) -> list[str]:

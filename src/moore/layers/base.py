@@ -52,6 +52,7 @@ class AdapterLayer(nn.Module):
     """
 
     adapter_parameter_names: tuple[str, ...] = ()
+    supports_task_mixtures = False  # True: task_ids may be (N, K) mixture weights (a task table to mix)
 
     def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None, layer_type: str,
                  routing: TaskRouting):
@@ -68,8 +69,13 @@ class AdapterLayer(nn.Module):
         raise NotImplementedError
 
     def task_ids_for(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The task id of every row of x (leading dim), or None for an unseen task."""
-        return self.routing.ids_for(x.shape[0], self.module_name or type(self).__name__)
+        """The task id of every row of x (leading dim), or None for an unseen task; (N, K) task
+        mixture weights for a layer that ``supports_task_mixtures``."""
+        ids = self.routing.ids_for(x.shape[0], self.module_name or type(self).__name__)
+        if ids is not None and ids.is_floating_point() and not self.supports_task_mixtures:
+            raise ValueError(f"{type(self).__name__} routes by task id only; task mixtures (task_ids='infer' or "
+                             "(B, K) weights) need a task table to mix, as MoORE has")
+        return ids
 
     # --- inference merging: subclasses implement what their math allows --------------------------
     def merge(self) -> None:

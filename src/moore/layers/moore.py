@@ -42,6 +42,10 @@ class MooreConfig(AdapterConfig):
         paper's linear router gives those tokens offsets hundreds of times larger too, which
         shifts the attention sink and with it every later token (benchmarks/results/csr-mtl-mini).
     svd_dtype: precision of the one-off SVD, "float32" or "float64".
+    added_tasks: how many of the task table's last rows ``add_task`` appended since the table was
+        last frozen; only those train (set by ``add_task``, not by hand).
+    base_tasks: the tasks the adapter was trained on, whose mean embedding routes an unseen task;
+        None: all of them (rows added later leave the unseen-task routing alone).
     """
 
     method: ClassVar[str] = "moore"
@@ -54,9 +58,15 @@ class MooreConfig(AdapterConfig):
     clamp_singular_values: bool = False
     normalize_sample_router: bool = False
     svd_dtype: str = "float32"
+    added_tasks: int = 0
+    base_tasks: int | None = None
 
     def validate(self) -> None:
-        check_non_negative_int(self, "task_dim", "sample_dim", "num_reflections")
+        check_non_negative_int(self, "task_dim", "sample_dim", "num_reflections", "added_tasks")
+        if self.added_tasks >= self.num_tasks:
+            raise ValueError(f"added_tasks ({self.added_tasks}) must be fewer than num_tasks ({self.num_tasks})")
+        if self.base_tasks is not None and not 1 <= self.base_tasks <= self.num_tasks - self.added_tasks:
+            raise ValueError(f"base_tasks must be between 1 and num_tasks - added_tasks, got {self.base_tasks}")
         if self.num_reflections % 2:
             raise ValueError(
                 f"num_reflections must be even (got {self.num_reflections}): H is a product of "
@@ -82,7 +92,9 @@ class MooreLinear(AdapterLayer):
     """Replaces ``nn.Linear``/``Conv1D``. Frozen buffers U, σ, Vᵀ in the model's dtype (W is
     dropped); trainable router and reflections in float32 whatever the model's dtype."""
 
-    adapter_parameter_names = ("task_embedding", "task_proj", "sample_down", "sample_up", "reflections")
+    adapter_parameter_names = ("task_embedding", "added_task_embedding", "task_proj", "sample_down", "sample_up",
+                               "reflections")
+    supports_task_mixtures = True
 
     def __init__(self, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, bias: torch.Tensor | None,
                  config: MooreConfig, routing: TaskRouting, layer_type: str = "linear"):
@@ -102,7 +114,11 @@ class MooreLinear(AdapterLayer):
 
         dt, ds, num_reflections = config.task_dim, config.sample_dim, config.num_reflections
         # Task level: P zero-init so g = 0 at init; the table N(0, 1) as in the reference code.
-        self.task_embedding = param(torch.randn(config.num_tasks, dt)) if dt else None  # (K, Dt)
+        # rows appended by add_task live apart, so that training them cannot move the others
+        frozen_rows = config.num_tasks - config.added_tasks
+        self.task_embedding = param(torch.randn(frozen_rows, dt)) if dt else None  # (K, Dt)
+        self.added_task_embedding = param(torch.zeros(config.added_tasks, dt)) if dt and config.added_tasks else None
+        self.base_tasks = config.base_tasks or frozen_rows
         self.task_proj = param(torch.zeros(rank, dt)) if dt else None  # Pᵀ: (r, Dt)
         # Token level: Γ kaiming-init, Q zero-init, so g = 0 at init.
         if ds:
@@ -123,13 +139,33 @@ class MooreLinear(AdapterLayer):
         return cls(u, s, vh, base_layer.bias, config, routing, layer_type(base_layer))
 
     # --- the router -----------------------------------------------------------------------------
+    def task_table(self) -> torch.Tensor:
+        """Every task's embedding t_k: (K, Dt)."""
+        if self.added_task_embedding is None:
+            return self.task_embedding
+        return torch.cat([self.task_embedding, self.added_task_embedding])
+
     def task_gate(self, task_ids: torch.Tensor | None) -> torch.Tensor:
-        """Pᵀ t_k per row: (N, r), or (1, r) for an unseen task (the mean task embedding)."""
+        """Pᵀ t_k per row: (N, r), or (1, r) for an unseen task (the mean embedding of the tasks
+        the adapter was trained on). ``task_ids`` may also hold task mixtures, (N, K) weights:
+        t = Σ_k w_k t_k, which Pᵀ, being linear, turns into the same mixture of task offsets."""
         if task_ids is None:
-            t = self.task_embedding.mean(0, keepdim=True)  # (1, Dt)
+            t = self.task_embedding[: self.base_tasks].mean(0, keepdim=True)  # (1, Dt)
+        elif task_ids.is_floating_point():
+            t = task_ids.to(self.task_embedding.dtype) @ self.task_table()  # (N, K) @ (K, Dt)
         else:
-            t = self.task_embedding[task_ids]  # (N, Dt)
+            t = self.task_table()[task_ids]  # (N, Dt)
         return F.linear(t, self.task_proj)
+
+    @torch.no_grad()
+    def add_task(self) -> None:
+        """Append a task-table row, equal to the unseen-task embedding (so the new task starts as
+        the zero-shot model); rows added before it join the frozen table."""
+        if self.task_embedding is None:
+            raise ValueError(f"{self.module_name or 'layer'} has no task table (task_dim=0): add_task needs one")
+        new = self.task_embedding[: self.base_tasks].mean(0, keepdim=True)
+        self.task_embedding = nn.Parameter(self.task_table().detach().clone(), requires_grad=False)
+        self.added_task_embedding = nn.Parameter(new.clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (N, ..., Din) with N the batch (or batch·beams, or flattened tokens)

@@ -21,9 +21,12 @@ def chunks(items: Sequence, batch_size: int, progress: bool, desc: str) -> Itera
         yield items[start:start + batch_size]
 
 
-def task_ids_tensor(task_id: int | None, n: int, device: torch.device) -> torch.Tensor | None:
-    """``n`` copies of one task id, or None (an unseen task: the mean task embedding)."""
-    return None if task_id is None else torch.full((n,), task_id, dtype=torch.long, device=device)
+def task_ids_tensor(task_id: int | str | None, n: int, device: torch.device) -> torch.Tensor | str | None:
+    """``n`` copies of one task id, None (an unseen task: the mean task embedding), or "infer"
+    (each sample's task inferred by the adapter's task classifier)."""
+    if task_id is None or task_id == "infer":
+        return task_id
+    return torch.full((n,), task_id, dtype=torch.long, device=device)
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -64,6 +64,13 @@ class DecoderTasks:
         prompt = prompt[max(0, len(prompt) + len(answer) - max_length):]  # cut the prompt's start, never the answer
         return prompt + answer, [-100] * len(prompt) + answer
 
+    def inputs(self, task: Task, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        """The prompts of examples (the text, for language modelling): what the task classifier sees."""
+        m = self.model
+        ids = [(self.ids(e["text"], True) if task.kind == "language_modeling" else
+                self.ids(self.prompt(task, e), True))[-m.max_length:] for e in examples]
+        return {"input_ids": pad(ids, m.tokenizer.pad_token_id), "attention_mask": pad([[1] * len(i) for i in ids], 0)}
+
     # --- batches and the loss ------------------------------------------------------------------
     def collate(self, examples: Sequence[Example], task_ids: torch.Tensor) -> dict[str, Any]:
         seqs = [self.sequence(self.model.tasks[int(t)], e) for e, t in zip(examples, task_ids)]

@@ -41,6 +41,10 @@ class EncoderTasks:
                     for e in examples]
         return m.tokenizer.pad(features, padding=True, return_tensors="pt")
 
+    def inputs(self, task: Task, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        """The model inputs of examples (what the task classifier learns to tell apart)."""
+        return dict(self.tokenize(examples))
+
     def collate(self, examples: Sequence[Example], task_ids: torch.Tensor) -> dict[str, Any]:
         labels = torch.tensor([float(e["label"]) for e in examples])
         return {"inputs": dict(self.tokenize(examples)), "labels": labels, "task_ids": task_ids}

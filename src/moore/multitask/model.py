@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,7 @@ from ..hub import load_from_spec
 from ..io import atomic_write, json_sha256, load_safetensors, read_json, write_json
 from ..model import WEIGHTS_NAME, MooreModel, get_moore_model
 from ..runconfig import ModelSpec, TaskSpec
+from .common import chunks
 from .decoder import DecoderTasks
 from .encoder import EncoderTasks
 
@@ -116,6 +118,60 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, int]:
         return self.loss(batch)  # so that DistributedDataParallel can wrap the model
+
+    # --- task-free inference and new tasks ---------------------------------------------------------
+    def fit_task_classifier(self, data: dict[str, Sequence[Example]], *, max_per_task: int = 1000,
+                            batch_size: int = 64, seed: int = 0) -> float:
+        """Fit the adapter's task classifier (``task_ids="infer"``) on up to ``max_per_task``
+        inputs of each task in ``data`` (task name -> examples, typically the training data);
+        returns its accuracy on them."""
+        missing = [t.name for t in self.tasks if t.name not in data]
+        if missing:
+            raise ValueError(f"fit_task_classifier needs inputs of every task; none for {missing}")
+        rng = random.Random(seed)
+
+        def batches():
+            for name, examples in data.items():
+                task, tid = self.tasks[self.task_id(name)], self.task_id(name)
+                chosen = rng.sample(list(examples), min(max_per_task, len(examples)))
+                for chunk in chunks(chosen, batch_size, False, name):
+                    yield self.strategy.inputs(task, chunk), torch.full((len(chunk),), tid)
+
+        return self.adapted.fit_task_classifier(batches())
+
+    @torch.no_grad()
+    def task_identification(self, data: dict[str, Sequence[Example]], *, max_per_task: int = 1000,
+                            batch_size: int = 64, seed: int = 0) -> dict[str, float]:
+        """For each task in ``data``: the share of its inputs the task classifier assigns to it."""
+        if self.adapted.task_classifier is None:
+            raise ValueError("no task classifier: fit_task_classifier first")
+        rng, out = random.Random(seed), {}
+        for name, examples in data.items():
+            task = self.tasks[self.task_id(name)]
+            chosen = rng.sample(list(examples), min(max_per_task, len(examples)))
+            hits = 0
+            for chunk in chunks(chosen, batch_size, False, name):
+                inputs = {k: v.to(self.device) for k, v in self.strategy.inputs(task, chunk).items()}
+                hits += int((self.adapted.infer_task_weights(**inputs).argmax(-1) == self.task_id(name)).sum())
+            out[name] = hits / max(len(chosen), 1)
+        return out
+
+    def add_task(self, task: Task, spec: TaskSpec | None = None) -> int:
+        """A new task: one row of the adapter's task table (``MooreModel.add_task``) and, for an
+        encoder, a head of its own. Only those train from now on: the existing tasks' outputs stay
+        bit-identical. Returns the new task's id."""
+        if task.name in self.task_index:
+            raise ValueError(f"task {task.name!r} is already task {self.task_index[task.name]} of this model")
+        self.strategy.check(task)
+        task_id = self.adapted.add_task()
+        self.heads.requires_grad_(False)
+        new_heads = self.strategy.heads(self.adapted.model.config.hidden_size, [task]).to(self.device)
+        for name, head in new_heads.items():
+            self.heads[name] = head
+        self.tasks.append(task)
+        self.task_index[task.name] = task_id
+        self.task_specs.append(spec or TaskSpec.model_construct(name=task.name))
+        return task_id
 
     # --- scoring ---------------------------------------------------------------------------------
     @torch.no_grad()
