@@ -58,7 +58,8 @@ def test_the_plan_unfolds_phase_by_phase():
         ["grid~moore-L8~lr1e-3~refl0.1", "grid~moore-L8~lr1e-3~refl0.3"]  # MoORE-L8 waits for its reflections' rate
         + [f"seed~{m}~s{s}" for m in ("full", "lora", "moore-L0") for s in (0, 1, 2)]
         + [f"seed~{p}~s0" for p in peers]
-        + [f"single~{m}~{t}" for m in ("full", "lora") for t in TASKS])  # single-task runs need only the rate
+        + [f"single~{m}~{t}" for m in ("full", "lora") for t in TASKS]  # single-task runs need only the rate
+        + [f"taskcount~{m}~k3" for m in ("full", "lora")])
     for factor, validation in (("0.1", 0.75), ("0.3", 0.6)):  # the reflections at a tenth of the rate win
         name = f"grid~moore-L8~lr1e-3~refl{factor}"
         runs[name] = _record(name, "moore-L8", validation, param_lrs={"reflections": 1e-3 * float(factor)})
@@ -80,6 +81,8 @@ def test_the_plan_unfolds_phase_by_phase():
     expected = task_steps(SUITE, SIZES, 400)
     assert singles["single~full~sst2"].steps == expected["sst2"] > expected["rte"] == singles["single~full~rte"].steps
     assert abs(sum(expected.values()) - 400) <= 2
+    k3 = specs["taskcount~lora~k3"]  # each task again with the examples it got in the five-task mixture
+    assert k3.tasks == ("cola", "sst2", "rte") and k3.steps == sum(expected[t] for t in k3.tasks) and k3.bf16
 
 
 def test_paired_bootstrap_finds_real_differences_and_not_noise():
@@ -103,6 +106,8 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
         for t in TASKS:
             runs[f"single~{m}~{t}"] = _record(f"x{m}{t}", m, 0.6, tasks=[t], correct=0.7)
     runs["precision~moore-L8~bf16"] = _record("p", "moore-L8", 0.6, lr=1e-3, correct=0.75)
+    for m in ("full", "lora", "moore-L8"):
+        runs[f"taskcount~{m}~k3"] = _record(f"k{m}", m, 0.6, tasks=["cola", "sst2", "rte"], correct=0.65)
     for name, record in runs.items():
         write_json(tmp_path / "runs" / f"{name}.json", record)
     report = write_study_report("nlu-mtl", tmp_path).read_text()
@@ -112,7 +117,8 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
     assert "## MoORE-L8 against each method: paired bootstrap" in report and "| lora | **+" in report
     assert "## Conflict: multi-task − single-task" in report and "| moore-L8 | +20.00 |" in report
     assert "still to run" in report  # the other peers have not run
-    for png in ("convergence.png", "conflict.png", "forgetting.png"):
+    assert "## Conflict and oblivion against the number of tasks" in report and "| lora | 3 | -5.00 |" in report
+    for png in ("convergence.png", "conflict.png", "forgetting.png", "task_count.png"):
         assert (tmp_path / png).stat().st_size > 1000
 
 

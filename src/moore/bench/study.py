@@ -13,7 +13,9 @@ study resumes at any point and runs in pieces, in parallel, across sessions:
    With ``bf16_phases``, a precision run repeats the reference's winning grid run in bf16 autocast.
 3. seeds: every method once at the chosen rate and the full step count; the main methods (and the
    peer with the best validation average) at every seed.
-4. single: one adapter per task, with the steps that task got in the mixture, for ``single_methods``.
+4. single: one adapter per task, with the steps that task got in the mixture, for ``single_methods``;
+   taskcount: the same methods on each of ``task_subsets``, every task again with its mixture's
+   share of examples, for the curve of conflict and oblivion against the number of tasks.
 
 Every run writes ``runs/NAME.json`` under the results folder: test scores and predictions (for a
 paired bootstrap), the validation and zero-shot curves, time and provenance.
@@ -136,9 +138,14 @@ def plan(suite: Suite, runs: dict[str, dict]) -> list[RunSpec]:
     sizes = next((r["train_sizes"] for r in runs.values() if r.get("train_sizes")), None)
     for m in study.single_methods:
         if m in main and sizes:
-            for task, n in task_steps(suite, sizes, steps).items():
+            per_task = task_steps(suite, sizes, steps)
+            for task, n in per_task.items():
                 specs.append(replace(main[m], name=f"single~{m}~{task}", phase="single", steps=n, tasks=(task,),
                                      bf16="single" in study.bf16_phases))
+            for subset in study.task_subsets:  # every task with the examples it got in the full mixture
+                specs.append(replace(main[m], name=f"taskcount~{m}~k{len(subset)}", phase="taskcount",
+                                     steps=sum(per_task[t] for t in subset), tasks=tuple(subset),
+                                     bf16="taskcount" in study.bf16_phases))
     return specs
 
 

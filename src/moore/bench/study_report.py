@@ -128,6 +128,69 @@ def _conflict_plot(path: Path, conflict: dict[str, dict[str, float]], tasks: lis
     plt.close(fig)
 
 
+def _task_count_plot(path: Path, curve: dict[str, dict[int, tuple]], zero: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for method, points in curve.items():
+        ks = sorted(points)
+        left.plot(ks, [100 * points[k][0] for k in ks], marker="o", label=method)
+        right.plot(ks, [100 * points[k][1] if points[k][1] is not None else np.nan for k in ks], marker="o",
+                   label=method)
+    left.axhline(0, color="k", lw=0.8)
+    left.set(xlabel="tasks trained together (K)", ylabel="multi − single (×100)", title="Conflict")
+    right.set(xlabel="tasks trained together (K)", ylabel=f"zero-shot {zero} ×100", title="Oblivion")
+    for ax in (left, right):
+        ax.set_xticks(sorted({k for points in curve.values() for k in points}))
+    left.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _task_count(suite: Suite, runs: dict, chosen: dict, zero_names: list[str], results_dir: Path) -> list[str]:
+    """Conflict (on a subset's tasks) and oblivion against the number of tasks trained together."""
+    study, tasks = suite.study, [t["name"] for t in suite.config["tasks"]]
+    if not study.task_subsets or not zero_names:
+        return []
+    z = zero_names[0]
+    curve: dict[str, dict[int, tuple]] = {}
+    for m in study.single_methods:
+        for subset in study.task_subsets:
+            singles = {t: runs.get(f"single~{m}~{t}") for t in subset}
+            grouped = runs.get(f"taskcount~{m}~k{len(subset)}")
+            if any(r is None for r in singles.values()) or grouped is None or m not in chosen:
+                continue
+            single = {t: _primary(r, t) for t, r in singles.items()}
+            full = chosen[m]
+            curve[m] = {
+                1: (0.0, float(np.mean([_zero_shot(r, z) for r in singles.values()]))),
+                len(subset): (float(np.mean([_primary(grouped, t) - single[t] for t in subset])),
+                              _zero_shot(grouped, z)),
+                len(tasks): (float(np.mean([np.mean([_primary(r, t) for r in full]) - single[t] for t in subset])),
+                             float(np.mean([_zero_shot(r, z) for r in full]))),
+            }
+    if not curve:
+        return []
+    _task_count_plot(results_dir / "task_count.png", curve, z)
+    subset = study.task_subsets[0]
+    lines = ["## Conflict and oblivion against the number of tasks", "",
+             f"Conflict: the mean over {', '.join(subset)} of (score trained with K tasks − score trained alone), "
+             f"×100; each task sees the same examples at every K (its share of the full mixture). K = 1: the "
+             f"single-task runs (conflict 0 by definition; oblivion the mean of their zero-shot {z}); K = "
+             f"{len(tasks)}: the main runs, mean over seeds. Zero-shot {z} ({get_task(z).metric} ×100, test split, "
+             "unseen-task embedding).", "",
+             "| method | K | conflict | zero-shot " + z + " |", "|---|---|---|---|"]
+    for m, points in curve.items():
+        for k in sorted(points):
+            conflict, zero = points[k]
+            lines.append(f"| {m} | {k} | {100 * conflict:+.2f} | {_pct(zero)} |")
+    return lines + ["", "![task count](task_count.png)", ""]
+
+
 # --- the report -------------------------------------------------------------------------------------------
 def write_study_report(suite_name: str, results_dir: Path) -> Path:
     suite = get_suite(suite_name)
@@ -154,6 +217,7 @@ def write_study_report(suite_name: str, results_dir: Path) -> Path:
         lines += _significance(chosen, tasks)
         lines += _conflict(suite, runs, chosen, tasks, results_dir)
         lines += _forgetting(chosen, zero_names, results_dir)
+        lines += _task_count(suite, runs, chosen, zero_names, results_dir)
     cost = study_cost(runs) if runs else None
     if cost:
         lines += ["## Cost", "", f"{cost['runs']} runs, {cost['hours']:.2f} hours of training loop in all, on "

@@ -98,6 +98,9 @@ class Study:
     # phases trained in bf16 autocast (evaluation stays fp32). With any, a "precision" run repeats the
     # reference's winning grid run in bf16, so the report can set the fp32/bf16 gap against seed noise.
     bf16_phases: tuple[str, ...] = ()
+    # the task-count curve: the single-task methods also trained on these subsets of the tasks, each
+    # task with the examples it got in the full mixture (K = 1 and K = all come from the other phases)
+    task_subsets: tuple[tuple[str, ...], ...] = ()
 
     def grid(self, family: str) -> tuple[float, ...]:
         return self.grids[FULL] if family == FULL else self.grids["adapter"]
@@ -184,14 +187,15 @@ def _nlu_mtl(quick: bool) -> Suite:
                   main_methods=("moore-L8", "moore-L0", "lora", "full"), single_methods=("moore-L8", "lora", "full"),
                   tuned_methods=("moore-L8", "moore-L0", "lora", "full"),
                   convergence={"full": 5e-5, REFERENCE: 1e-3}, convergence_steps=4000, eval_every=200,
-                  bf16_phases=("precision", "seed", "single"))  # bf16: 0.49x the fp32 step on AVX-512 BF16 CPUs
+                  bf16_phases=("precision", "seed", "single", "taskcount"),  # bf16: 0.49x fp32 steps on this CPU
+                  task_subsets=(("cola", "sst2", "rte"),))
     evaluation = {"batch_size": 128, "split": "test", "zero_shot": [{"name": "stsbenchmark"}], "track_zero_shot": True}
     if quick:
         tasks = [{**t, "max_train": 48, "max_eval": 16} for t in tasks[:3]]
         methods = {m: methods[m] for m in ("full", "lora", REFERENCE)}
         study = replace(study, grids={FULL: (5e-5,), "adapter": (1e-3,)}, main_methods=(REFERENCE,),
                         single_methods=(REFERENCE,), seeds=(0, 1), convergence_steps=4, eval_every=2,
-                        reflection_factors=(0.1,), tuned_methods=(REFERENCE, "lora"))
+                        reflection_factors=(0.1,), tuned_methods=(REFERENCE, "lora"), task_subsets=(("cola", "sst2"),))
         evaluation["zero_shot"] = [{"name": "stsbenchmark", "max_eval": 16}]
         tasks = [{**t, "max_validation": 16} for t in tasks]
     return Suite(
