@@ -60,10 +60,9 @@ def main() -> None:
 
     training = trainer_arguments(args.output, max_steps=args.steps, per_device_train_batch_size=8,
                                  learning_rate=3e-4, lr_scheduler_type="constant", warmup_steps=0,
-                                 gradient_checkpointing=True, logging_steps=5, save_steps=args.steps,
-                                 report_to=[], use_cpu=True, seed=0)
+                                 gradient_checkpointing=True, logging_steps=5, report_to=[], use_cpu=True, seed=0)
     trainer = Trainer(model=model.adapted, args=training, train_dataset=rows,
-                      data_collator=TaskDataCollator(model.tokenizer), callbacks=[SaveAdapterCallback(model.adapted)])
+                      data_collator=TaskDataCollator(model.tokenizer), callbacks=[SaveAdapterCallback(model.adapted, save_steps=10)])
     trainer.train()
 
     # the adapter the Trainer saved, on a fresh base model, scored by moore

@@ -116,3 +116,17 @@ def test_an_encoder_adapter_is_refused_with_the_reason(tmp_path):
     Trainer(load_run_config(data=config), progress=False, device="cpu").run()
     with pytest.raises(ValueError, match="encoder"):
         MooreLM(Path(tmp_path / "run" / "final"))
+
+
+def test_the_registered_model_name_takes_the_harness_model_args(saved):
+    """``lm_eval.simple_evaluate(model="moore", model_args="path=...,task_id=...")``, as the harness's
+    own entry points build a model."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    results = lm_eval.simple_evaluate(model="moore", model_args=f"path={saved['root'] / 'run' / 'final'},task_id=pick",
+                                      tasks=["moore_pick"], task_manager=TaskManager(include_path=str(saved["include"])),
+                                      bootstrap_iters=0)
+    model = saved["model"]
+    ours = model.evaluate(saved["task"], saved["examples"], task_id=model.task_id("pick"))
+    assert results["results"]["moore_pick"]["acc,none"] == pytest.approx(ours["accuracy"])

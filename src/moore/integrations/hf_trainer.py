@@ -8,9 +8,13 @@ checkpointing. What the Trainer needs told:
 - ``TrainingArguments(remove_unused_columns=False, label_names=["labels"])``: the wrapper's
   ``forward(*args, task_ids=None, **kwargs)`` does not list the base model's arguments, so the
   Trainer's signature inspection would otherwise drop ``input_ids`` from a ``datasets.Dataset``
-  and never compute an evaluation loss; ``trainer_arguments()`` sets both;
-- ``SaveAdapterCallback`` writes the adapter with ``save_pretrained`` into every checkpoint
-  folder (and ``adapter/`` at the end), which ``MooreModel.from_pretrained`` loads.
+  and never compute an evaluation loss; ``trainer_arguments()`` sets both, and
+  ``save_strategy="no"``: the Trainer's own checkpoints hold the whole model's ``state_dict``
+  (the frozen base included), which safetensors refuses for a model with tied embeddings;
+- ``SaveAdapterCallback`` writes the adapter with ``save_pretrained`` (a few MB, loaded by
+  ``MooreModel.from_pretrained``) every ``save_steps`` steps into ``checkpoint-N/adapter``, into
+  every checkpoint the Trainer saves (with ``save_strategy="steps"``, for a model without tied
+  weights: resumable with the optimizer state), and into ``OUTPUT/adapter`` at the end.
 
 ``multitask_features`` turns moore tasks into the Trainer's rows (decoders: prompt + answer with
 the loss on the answer only), so the same data trains under either trainer.
@@ -74,21 +78,33 @@ def trainer_arguments(output_dir: str | os.PathLike, **kwargs) -> TrainingArgume
     argument can be given as usual."""
     kwargs.setdefault("remove_unused_columns", False)
     kwargs.setdefault("label_names", ["labels"])
+    kwargs.setdefault("save_strategy", "no")
     return TrainingArguments(output_dir=str(output_dir), **kwargs)
 
 
 class SaveAdapterCallback(TrainerCallback):
-    """Writes ``model.save_pretrained`` (adapter files only) into each ``checkpoint-N/adapter``
-    folder the Trainer saves, and into ``OUTPUT/adapter`` when training ends."""
+    """Writes ``model.save_pretrained`` (adapter files only) into ``checkpoint-N/adapter`` every
+    ``save_steps`` steps and whenever the Trainer saves a checkpoint, and into ``OUTPUT/adapter``
+    when training ends."""
 
-    def __init__(self, model: MooreModel):
+    def __init__(self, model: MooreModel, save_steps: int | None = None):
         if not isinstance(model, MooreModel):
             raise TypeError(f"SaveAdapterCallback needs a MooreModel, got {type(model).__name__}")
+        if save_steps is not None and save_steps < 1:
+            raise ValueError(f"save_steps must be a positive number of steps, got {save_steps}")
         self.model = model
+        self.save_steps = save_steps
 
-    def on_save(self, args, state, control, **kwargs):
+    def _save_checkpoint(self, args, state) -> None:
         if state.is_world_process_zero:
             self.model.save_pretrained(Path(args.output_dir) / f"checkpoint-{state.global_step}" / ADAPTER_DIR)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.save_steps and state.global_step % self.save_steps == 0:
+            self._save_checkpoint(args, state)
+
+    def on_save(self, args, state, control, **kwargs):
+        self._save_checkpoint(args, state)
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
