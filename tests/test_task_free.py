@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 import moore
 from helpers import build, output, perturb_adapter
-from moore.task_inference import TaskClassifier, pooled_embeddings
+from moore.task_inference import TaskClassifier, input_features
 
 CONFIG = dict(num_tasks=3, task_dim=8, sample_dim=4, num_reflections=4)
 
@@ -84,6 +86,7 @@ def _base_of(model):
 
 
 def test_a_classifier_learns_from_pooled_input_embeddings():
+    """The features: mean input embedding, log length, share of second-segment tokens."""
     features = torch.cat([torch.randn(50, 6) + 3 * k for k in range(3)])
     labels = torch.arange(3).repeat_interleave(50)
     classifier = TaskClassifier.fit(features, labels, 3)
@@ -92,8 +95,9 @@ def test_a_classifier_learns_from_pooled_input_embeddings():
         TaskClassifier.fit(features[:100], labels[:100], 3)
     model = _model()
     ids = torch.tensor([[5, 6, 7, 0]])
-    pooled = pooled_embeddings(model.model, ids, torch.tensor([[1, 1, 1, 0]]))
-    torch.testing.assert_close(pooled[0], model.model.get_input_embeddings().weight[[5, 6, 7]].mean(0))
+    pooled = input_features(model.model, ids, torch.tensor([[1, 1, 1, 0]]), token_type_ids=torch.tensor([[0, 1, 1, 1]]))
+    torch.testing.assert_close(pooled[0, :-2], model.model.get_input_embeddings().weight[[5, 6, 7]].mean(0))
+    torch.testing.assert_close(pooled[0, -2:], torch.tensor([math.log(3), 2 / 3]))
 
 
 def test_mixtures_are_refused_by_a_method_without_a_task_table():

@@ -30,7 +30,7 @@ from .fingerprint import fingerprint_digest, fingerprint_mismatches, model_finge
 from .layers.base import AdapterLayer, is_linear
 from .routing import TaskRouting, route_checkpointed_modules
 from .svd import default_cache_dir
-from .task_inference import CLASSIFIER_NAME, TaskClassifier, collect_features, pooled_embeddings
+from .task_inference import CLASSIFIER_NAME, TaskClassifier, collect_features, input_features
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +220,8 @@ class MooreModel(nn.Module):
             return self.model.generate(*args, **kwargs)
 
     # --- task-free inference and new tasks ---------------------------------------------------------
-    def infer_task_weights(self, input_ids=None, attention_mask=None, inputs_embeds=None, **_) -> torch.Tensor:
+    def infer_task_weights(self, input_ids=None, attention_mask=None, inputs_embeds=None, token_type_ids=None,
+                           **_) -> torch.Tensor:
         """(B, K) task probabilities from the task classifier, for ``task_ids="infer"``."""
         if self.task_classifier is None:
             raise ValueError("task_ids='infer' needs a task classifier: fit one with fit_task_classifier(...) "
@@ -228,7 +229,7 @@ class MooreModel(nn.Module):
         if self.task_classifier.num_tasks != self.routing.num_tasks:
             raise ValueError(f"the task classifier knows {self.task_classifier.num_tasks} tasks and the adapter has "
                              f"{self.routing.num_tasks} (a task was added): fit it again")
-        features = pooled_embeddings(self.model, input_ids, attention_mask, inputs_embeds)
+        features = input_features(self.model, input_ids, attention_mask, inputs_embeds, token_type_ids)
         return self.task_classifier.to(features.device)(features)
 
     def fit_task_classifier(self, batches) -> float:
@@ -372,7 +373,7 @@ class MooreModel(nn.Module):
         saved = metadata.get(CONFIG_DIGEST)
         if saved is None:
             logger.warning("%s predates config digests; its config is trusted as it is", directory)
-        elif saved != json_sha256(config.to_dict()):
+        elif saved != json_sha256(meta["config"]):  # as written: fields added to the config class since keep old files valid
             raise AdapterFileError(
                 f"{where} does not match the config its weights were saved with (the digest in {WEIGHTS_NAME} "
                 "differs): the file was edited after saving. Restore it, or save the adapter again"
