@@ -179,3 +179,28 @@ def test_the_cli_infers_tasks_and_adds_one(tmp_path):
     refused = moore_cli("add-task", tmp_path / "run", "--task", tmp_path / "mood2.yaml", "--output-dir",
                         tmp_path / "added", check=False)
     assert refused.returncode == 2 and "not empty" in refused.stderr
+
+
+def test_an_adapter_saved_before_the_task_fields_existed_still_loads(tmp_path):
+    """Adapters written before ``added_tasks``/``base_tasks`` were MoORE config fields: their config
+    digest covers the config as written, without them."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from moore.io import json_sha256
+    from moore.model import CONFIG_DIGEST
+
+    model = _model()
+    model.save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "adapter_config.json").read_text())
+    for key in ("added_tasks", "base_tasks"):
+        del meta["config"][key]
+    (tmp_path / "adapter_config.json").write_text(json.dumps(meta))
+    weights = load_file(str(tmp_path / "adapter_model.safetensors"))
+    save_file(weights, str(tmp_path / "adapter_model.safetensors"),
+              metadata={"format": "pt", CONFIG_DIGEST: json_sha256(meta["config"])})
+    reloaded = moore.MooreModel.from_pretrained(_base_of(model), tmp_path)
+    batch = _task_inputs(0)
+    with torch.no_grad():
+        assert torch.equal(output(reloaded(**batch, task_ids=[0, 1, 2, 0])), output(model(**batch, task_ids=[0, 1, 2, 0])))

@@ -65,6 +65,9 @@ class TaskSpec(_Strict):
     options_field: str | None = None
     template: str | None = None
     answer_prefix: str = ""
+    answer_format: Literal["label", "text"] = Field("label", description="registered multiple-choice tasks in "
+                                                    "LLM-Adapters' format: label (answer1.., true/false, the paper's) or "
+                                                    "text (the options' own texts, scored as lm-evaluation-harness does)")
 
     @field_validator("files")
     @classmethod
@@ -86,7 +89,12 @@ class TaskSpec(_Strict):
             if given:
                 raise ValueError(f"task {self.name!r} is a registered task; {given} only apply to a task "
                                  "defined from files")
+            if self.answer_format == "text" and get_task(self.name).as_text is None:
+                raise ValueError(f"task {self.name!r} has no text form of its answers; answer_format: text is for "
+                                 "the commonsense tasks in LLM-Adapters' format")
             return self
+        if self.answer_format != "label":
+            raise ValueError(f"task {self.name!r}: answer_format applies to registered commonsense tasks only")
         if self.kind is None:
             raise ValueError(f"task {self.name!r}: a task from files needs a kind, one of {list(KINDS)}")
         check_metrics(self.name, self.metrics)
@@ -98,7 +106,8 @@ class TaskSpec(_Strict):
 
     def build(self, base_dir: Path | None = None) -> Task:
         if self.files is None:
-            return get_task(self.name)
+            task = get_task(self.name)
+            return task.with_text_answers() if self.answer_format == "text" else task
         files = {s: (str(_resolve(p, base_dir)),) for s, p in self.files.items()}
         holdout = "validation" if "validation" not in files and "train" in files else None
         return Task(

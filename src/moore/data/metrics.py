@@ -53,6 +53,7 @@ def perplexity(total_nll: float, num_tokens: int) -> float:
 # name -> function(predictions, references); perplexity is computed from summed log-likelihoods
 METRICS: dict[str, Callable[[Sequence, Sequence], float]] = {
     "accuracy": accuracy,
+    "accuracy_norm": accuracy,  # of the picks by length-normalised log-likelihood (decoders' option scoring)
     "mcc": mcc,
     "f1": f1,
     "pearson": pearson,

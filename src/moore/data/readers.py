@@ -97,6 +97,33 @@ def llm_adapters_example(instruction: str, extra_input: str, answer: str, where:
     return {"prompt": prompt, "options": options, "label": options.index(answer.strip())}
 
 
+_QUESTION = re.compile(r"question:\s*(.*?)(?:\n\n|$)", re.S)
+_OPTION = re.compile(r"Answer(\d+):\s*")
+
+
+def llm_adapters_as_text(example: Example) -> Example:
+    """An LLM-Adapters example (``answer1``..``answer4`` or ``true``/``false`` as the answer) as a
+    question with its options' own texts, lm-evaluation-harness style: prompt
+    ``Question: ...\nAnswer:``, options the answers' texts (yes/no for true/false)."""
+    prompt = example["prompt"]
+    found = _QUESTION.search(prompt)
+    if not found:
+        raise ValueError(f"no 'question:' in the instruction {prompt[:80]!r}")
+    question = found.group(1).strip()
+    labels = example["options"]
+    if labels == ["true", "false"]:
+        texts = ["yes", "no"]
+    else:
+        block = prompt[found.end():].split("\n\nAnswer format:")[0]
+        parts = _OPTION.split(block)  # ["", "1", text1, "2", text2, ...]
+        by_number = {f"answer{n}": text.strip() for n, text in zip(parts[1::2], parts[2::2])}
+        missing = [label for label in labels if label not in by_number]
+        if missing:
+            raise ValueError(f"options {missing} have no text in the instruction {prompt[:80]!r}")
+        texts = [by_number[label] for label in labels]
+    return {"prompt": f"Question: {question}\nAnswer:", "options": texts, "label": example["label"]}
+
+
 def read_wikitext(paths: list[Path], split: str) -> list[Example]:
     """WikiText: one example per non-empty line (a paragraph or a heading)."""
     return [{"text": line.strip()} for p in paths for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]

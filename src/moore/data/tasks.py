@@ -12,6 +12,7 @@ task as a choice between continuations: a classification task becomes one by its
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import random
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from .readers import (
     Example,
     arc_row,
     boolq_row,
+    llm_adapters_as_text,
     hub_choice,
     hub_glue,
     hub_wikitext,
@@ -62,6 +64,7 @@ class Task:
     answer_prefix: str = ""  # what the decoder's answer starts with, before the option
     holdout: str | None = None  # split carved out of train when the data has none: "validation"
     description: str = ""
+    as_text: Callable[[Example], Example] | None = None  # the example with its options' texts as answers
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -129,6 +132,22 @@ class Task:
         elif limit is not None and limit < len(examples):
             examples = random.Random(f"{self.name}/{split}/{seed}").sample(examples, limit)
         return examples
+
+    def with_text_answers(self) -> "Task":
+        """This task scored (and trained) on its options' own texts rather than on label tokens
+        (``answer1``..``answer4``, ``true``/``false``): each option's text is a continuation of
+        the question, ranked by its summed log-likelihood (``accuracy``) and by that divided by
+        its length in bytes (``accuracy_norm``), as lm-evaluation-harness's acc and acc_norm."""
+        if self.as_text is None:
+            raise ValueError(f"task {self.name!r} has no text form of its answers (answer_format: text is for "
+                             "the commonsense tasks in LLM-Adapters' format)")
+        convert, reader, hub = self.as_text, self.reader, self.hub
+        return dataclasses.replace(
+            self, metrics=("accuracy", "accuracy_norm"), template=None, answer_prefix=" ", as_text=None,
+            reader=lambda paths, split: [convert(e) for e in reader(paths, split)],
+            hub=None if hub is None else (lambda split: [convert(e) for e in hub(split)]),
+            description=f"{self.description}; answers as option texts",
+        )
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "metrics": list(self.metrics),
@@ -270,6 +289,7 @@ for _name, _folder in [("arc-c", "ARC-Challenge"), ("arc-e", "ARC-Easy"), ("bool
         {"train": (f"csr/{_folder}/train.json",), "test": (f"csr/{_folder}/test.json",)}, read_llm_adapters,
         _CSR_HUB.get(_name), template=ALPACA_TEMPLATE, answer_prefix="the correct answer is ",
         holdout="validation", description=f"{_folder}: commonsense reasoning, LLM-Adapters JSON (accuracy)",
+        as_text=llm_adapters_as_text,
     ))
 
 

@@ -114,10 +114,17 @@ class DecoderTasks:
 
     def loglik_choices(self, task: Task, examples: Sequence[Example], task_id: int | None, batch_size: int,
                        progress: bool) -> list[int]:
-        """The option whose answer tokens the model finds most likely given the prompt.
+        """The option whose answer tokens the model finds most likely given the prompt."""
+        scores = self.option_logliks(task, examples, task_id, batch_size, progress)
+        return [max(range(len(row)), key=row.__getitem__) for row in scores]
+
+    def option_logliks(self, task: Task, examples: Sequence[Example], task_id: int | None, batch_size: int,
+                       progress: bool) -> list[list[float]]:
+        """For each example, each option's answer tokens' summed log-probability given the prompt.
 
         When all options share their answer tokens but the last (``answer1``..``answer4``, ``true``/
-        ``false``), one forward per example scores them all from the logits at that position."""
+        ``false``), one forward per example scores them all from the logits at that position (the
+        shared tokens add the same to every option, so they are left out of the sums)."""
         m = self.model
         requests = []  # (example index, option index, context ids, scored ids)
         for i, example in enumerate(examples):
@@ -148,7 +155,7 @@ class DecoderTasks:
                 else:  # the answer's tokens are the context's last len(scored)-1 tokens plus one
                     value = logp[row, cols, torch.tensor(scored, device=logp.device)].sum().item()
                     scores.setdefault(i, {})[k] = value
-        return [max(scores[i], key=scores[i].get) for i in range(len(examples))]
+        return [[scores[i][k] for k in range(len(scores[i]))] for i in range(len(examples))]
 
     @torch.no_grad()
     def continuation_logprobs(self, pairs: Sequence[tuple[list[int], list[int]]], task_id: int | None,

@@ -186,10 +186,27 @@ class MultiTaskModel(nn.Module):
             tid = self.task_id(task.name) if task_id == "own" else task_id
             with self._evaluating():
                 return {"perplexity": self.strategy.perplexity(examples, tid, batch_size, progress)}
+        references = [e["label"] for e in examples]
+        if "accuracy_norm" in task.metrics and self.kind == "decoder" and scoring == "loglik":
+            return self._option_accuracies(task, examples, references, batch_size, task_id, progress)
         predictions = self.predict(task, examples, batch_size=batch_size, scoring=scoring,
                                    max_new_tokens=max_new_tokens, task_id=task_id, progress=progress)
-        references = [e["label"] for e in examples]
         return {m: METRICS[m](predictions, references) for m in task.metrics if m in METRICS}
+
+    @torch.no_grad()
+    def _option_accuracies(self, task: Task, examples, references, batch_size: int, task_id, progress: bool) -> dict:
+        """accuracy (the option of highest summed log-likelihood) and accuracy_norm (of highest
+        log-likelihood per byte of the option's text), from one scoring pass."""
+        tid = self.task_id(task.name) if task_id == "own" else task_id
+        with self._evaluating():
+            scores = self.strategy.option_logliks(task, examples, tid, batch_size, progress)
+        picks, normed = [], []
+        for row, example in zip(scores, examples):
+            sizes = [len((task.answer_prefix + o).encode("utf-8")) for o in self.strategy.options(task, example)]
+            picks.append(max(range(len(row)), key=row.__getitem__))
+            normed.append(max(range(len(row)), key=lambda k: row[k] / max(sizes[k], 1)))
+        by_metric = {"accuracy": picks, "accuracy_norm": normed}
+        return {m: METRICS[m](by_metric.get(m, picks), references) for m in task.metrics if m in METRICS}
 
     @torch.no_grad()
     def predict(self, task: Task | str, examples: Sequence[Example], *, batch_size: int = 32,

@@ -1,0 +1,74 @@
+"""Commonsense tasks scored on their options' texts (answer_format: text): the conversion from
+LLM-Adapters' label format, and accuracy / accuracy_norm from one scoring pass."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from moore.data.readers import llm_adapters_as_text, llm_adapters_example
+from moore.runconfig import ModelSpec, TaskSpec
+from moore.multitask import MultiTaskModel
+from moore.layers.lora import LoraConfig
+from training_fixtures import save_tiny_decoder
+
+# made-up items in LLM-Adapters' format (no dataset text)
+CHOICE = ("Please choose the correct answer to the question: Which tool fits a zorp?\n\nAnswer1: a blue "
+          "flimmet Answer2: the quork Answer3: two plinths and a vell\n\nAnswer format: answer1/answer2/answer3")
+TRUE_FALSE = "Please answer the following question with true or false, question: is a zorp a tool?\n\nAnswer format: true/false"
+
+
+def test_label_format_becomes_question_and_option_texts():
+    choice = llm_adapters_as_text(llm_adapters_example(CHOICE, "", "answer2"))
+    assert choice == {"prompt": "Question: Which tool fits a zorp?\nAnswer:",
+                      "options": ["a blue flimmet", "the quork", "two plinths and a vell"], "label": 1}
+    boolean = llm_adapters_as_text(llm_adapters_example(TRUE_FALSE, "", "false"))
+    assert boolean == {"prompt": "Question: is a zorp a tool?\nAnswer:", "options": ["yes", "no"], "label": 1}
+    task = TaskSpec(name="arc-e", answer_format="text").build()
+    assert task.metrics == ("accuracy", "accuracy_norm") and task.answer_prefix == " " and task.template is None
+    with pytest.raises(ValueError, match="no text form"):
+        TaskSpec(name="sst2", answer_format="text")
+
+
+def test_accuracy_norm_divides_each_option_by_its_length(tmp_path):
+    torch.manual_seed(0)
+    spec = TaskSpec(name="arc-e", answer_format="text")
+    task = spec.build()
+    model = MultiTaskModel.build(ModelSpec(name_or_path=str(save_tiny_decoder(tmp_path / "m")), max_length=64),
+                                 LoraConfig(num_tasks=1, r=2), [task], task_specs=[spec])
+    examples = [llm_adapters_as_text(llm_adapters_example(CHOICE, "", f"answer{k}")) for k in (1, 2, 3)] * 2
+    scores = model.strategy.option_logliks(task, examples, 0, 4, False)
+    # by hand: the option's tokens' log-probabilities after the prompt, one sequence each
+    tok = model.tokenizer
+    for row, example in zip(scores, examples):
+        for k, option in enumerate(example["options"]):
+            prompt = tok(example["prompt"])["input_ids"]
+            answer = tok(" " + option, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = model.adapted(input_ids=torch.tensor([prompt + answer]), task_ids=[0]).logits.log_softmax(-1)[0]
+            expected = sum(logp[len(prompt) - 1 + j, a].item() for j, a in enumerate(answer))
+            assert row[k] == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    result = model.evaluate(task, examples, batch_size=4)
+    labels = np.array([e["label"] for e in examples])
+    raw = np.array([np.argmax(r) for r in scores])
+    normed = np.array([np.argmax([s / len((" " + o).encode()) for s, o in zip(r, e["options"])])
+                       for r, e in zip(scores, examples)])
+    assert result == {"accuracy": pytest.approx((raw == labels).mean()),
+                      "accuracy_norm": pytest.approx((normed == labels).mean())}
+
+
+REAL_DATA = Path(os.environ.get("MOORE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.mark.skipif(not (REAL_DATA / "csr" / "ARC-Easy").is_dir(), reason=f"no real CSR data at {REAL_DATA}")
+@pytest.mark.parametrize("name", ["arc-c", "arc-e", "boolq", "obqa"])
+def test_every_real_item_converts(name):
+    task = TaskSpec(name=name, answer_format="text").build()
+    for split in ("train", "test"):
+        for example in task.load(REAL_DATA, split):
+            assert example["prompt"].startswith("Question: ") and all(example["options"])
+            assert 0 <= example["label"] < len(example["options"])
