@@ -220,6 +220,45 @@ def _nlu_mtl(quick: bool) -> Suite:
 SUITES.update({s.name: s for s in (_nlu_mtl(False), _nlu_mtl(True))})
 
 
+def _csr_mtl() -> Suite:
+    """The decoder benchmark with a signal (issue: CSR on SmolLM2 where the base model is above
+    chance): the options' own texts scored as lm-evaluation-harness does, trained to convergence."""
+    tasks = [{"name": n, "answer_format": "text", "max_train": 2000, "max_validation": 200}
+             for n in ("arc-c", "arc-e", "boolq", "obqa")]
+    methods = {**compared_methods(_MOORE_CSR, 4),
+               "moore-L8-rms": Method({**_MOORE_CSR, "num_reflections": 8, "normalize_sample_router": True}, OURS)}
+    study = Study(grids={FULL: (1e-5, 3e-5, 1e-4), "adapter": (1e-4, 3e-4, 1e-3)},
+                  main_methods=("moore-L8", "moore-L8-rms", "moore-L0", "lora", "full"), single_methods=(),
+                  tuned_methods=("moore-L8", "lora", "full"), convergence={"full": 3e-5, REFERENCE: 3e-4},
+                  convergence_steps=800, eval_every=100, seeds=(0,), reflection_factors=(),
+                  bf16_phases=("precision", "seed"))
+    return Suite(
+        name="csr-mtl",
+        title="CSR-MTL: SmolLM2-135M-Instruct on four commonsense tasks at once, answers as option texts",
+        config={"model": {"name_or_path": "smollm2", "max_length": 256}, "tasks": tasks,
+                "training": {"batch_size": 8, "schedule": "wsd", "warmup_steps": 0.06, "decay_steps": 0.2,
+                             "mixing": "temperature", "temperature": 2.0, "log_every": 20, "keep_checkpoints": 1},
+                "evaluation": {"batch_size": 16, "split": "test", "scoring": "loglik", "track_zero_shot": True,
+                               "zero_shot": [{"name": "wikitext2", "max_eval": 200}, {"name": "sst2", "max_eval": 200},
+                                             {"name": "rte", "max_eval": 200}]}},
+        methods=methods,
+        routing_layer="model.layers.15.self_attn.q_proj",
+        efficiency={"batch_size": 4, "length": 128},
+        notes="Answers are the options' own texts after `Question: ...\nAnswer:` (lm-evaluation-harness's "
+              "format): `accuracy` ranks them by summed log-likelihood, `accuracy_norm` by log-likelihood per "
+              "byte. The paper's label format (`answer1`..`answer4`, `true`/`false`) left the 135M base model and "
+              "every method at chance in csr-mtl-mini. `moore-L8-rms`: MoORE-L8 whose token-level router sees "
+              "x / rms(x) (SmolLM2's attention-sink token carries a massive activation).",
+        subsampling="at most 2,000 training examples per task (fixed seed), 200 held out for validation; test "
+                    "sets in full (ARC-C 1,172, ARC-E 2,376, BoolQ 3,270 (questions only, no passage), OBQA 500); "
+                    "temperature mixing (T = 2); zero-shot: WikiText-2's first 200 lines, SST-2 and RTE 200 each.",
+        study=study,
+    )
+
+
+SUITES["csr-mtl"] = _csr_mtl()
+
+
 def lr_text(value: float) -> str:
     """3e-4, not 0.0003."""
     mantissa, exponent = f"{value:e}".split("e")
