@@ -83,6 +83,14 @@ def test_the_plan_unfolds_phase_by_phase():
     assert abs(sum(expected.values()) - 400) <= 2
     k3 = specs["taskcount~lora~k3"]  # each task again with the examples it got in the five-task mixture
     assert k3.tasks == ("cola", "sst2", "rte") and k3.steps == sum(expected[t] for t in k3.tasks) and k3.bf16
+    # beyond the paper: task-free inference on each finished seed run; RTE held out, then added
+    held = specs["heldout~moore-L8~rte"]
+    assert held.tasks == ("cola", "sst2", "mrpc", "qnli") and held.steps == sum(expected[t] for t in held.tasks)
+    assert "taskfree~moore-L8~s0" in specs and specs["addtask~lora~n100"].max_train == 100
+    assert "addtask~moore-L8~n100" not in specs  # it needs the held-out run first
+    runs["heldout~moore-L8~rte"] = _record("h", "moore-L8", 0.6, tasks=list(held.tasks))
+    added = {s.name: s for s in plan(SUITE, runs)}["addtask~moore-L8~n1000"]
+    assert added.tasks == ("rte",) and added.max_train == 1000 and added.lr == SUITE.study.added_lr
 
 
 def test_paired_bootstrap_finds_real_differences_and_not_noise():
@@ -108,6 +116,15 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
     runs["precision~moore-L8~bf16"] = _record("p", "moore-L8", 0.6, lr=1e-3, correct=0.75)
     for m in ("full", "lora", "moore-L8"):
         runs[f"taskcount~{m}~k3"] = _record(f"k{m}", m, 0.6, tasks=["cola", "sst2", "rte"], correct=0.65)
+    scores = {r: {t: {"mcc" if t == "cola" else "f1" if t == "mrpc" else "accuracy": v} for t in TASKS}
+              for r, v in (("own", 0.8), ("infer", 0.78), ("unseen", 0.7))}
+    cost = {"wall_seconds": 5.0, "train_seconds": 1.0, "machine": {"gpu": None}}
+    runs["taskfree~moore-L8~s0"] = {**cost, "tasks": TASKS, "identification": {t: 0.95 for t in TASKS},
+                                    "scores_by_routing": scores, "zero_shot_by_routing": {
+                                        r: {"stsbenchmark": {"spearman": 0.8}} for r in ("infer", "unseen")}}
+    runs["addtask~moore-L8~n100"] = {**cost, **{v: {"scores": {"rte": {"accuracy": a}}, "old_tasks_bit_identical": True}
+                                                for v, a in (("row_and_head", 0.7), ("head_only", 0.6))}}
+    runs["addtask~lora~n100"] = _record("al", "lora", 0.6, tasks=["rte"], correct=0.8)
     for name, record in runs.items():
         write_json(tmp_path / "runs" / f"{name}.json", record)
     report = write_study_report("nlu-mtl", tmp_path).read_text()
@@ -118,6 +135,8 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
     assert "## Conflict: multi-task − single-task" in report and "| moore-L8 | +20.00 |" in report
     assert "still to run" in report  # the other peers have not run
     assert "## Conflict and oblivion against the number of tasks" in report and "| lora | 3 | -5.00 |" in report
+    assert "## Task-free inference (MoORE-L8)" in report and "| cola | 95.00 | 80.00 | 78.00 |" in report
+    assert "## Adding a task to a trained MoORE" in report and "| 100 | 70.00 | 60.00 | 80.00 | yes |" in report
     for png in ("convergence.png", "conflict.png", "forgetting.png", "task_count.png"):
         assert (tmp_path / png).stat().st_size > 1000
 
@@ -136,8 +155,17 @@ def test_the_quick_study_runs_end_to_end(tmp_path):
     assert any(n.startswith("single~moore-L8~") for n in names)
     record = json.loads((tmp_path / "res" / "runs" / "seed~moore-L8~s0.json").read_text())
     assert set(record["predictions"]) == {"cola", "sst2", "mrpc"} and record["train_seconds"] > 0
+    for name in ("taskfree~moore-L8~s0", "heldout~moore-L8~mrpc", "addtask~moore-L8~n20", "addtask~lora~n20",
+                 "taskcount~moore-L8~k2", "precision~moore-L8~bf16"):
+        assert name in names, name
+    added = json.loads((tmp_path / "res" / "runs" / "addtask~moore-L8~n20.json").read_text())
+    assert added["row_and_head"]["old_tasks_bit_identical"] and added["head_only"]["old_tasks_bit_identical"]
+    free = json.loads((tmp_path / "res" / "runs" / "taskfree~moore-L8~s0.json").read_text())
+    assert set(free["scores_by_routing"]) == {"own", "infer", "unseen"} and set(free["identification"]) == {
+        "cola", "sst2", "mrpc"}
     report = (tmp_path / "res" / "REPORT.md").read_text()
-    assert "## Scores" in report and "## Conflict" in report
+    assert "## Scores" in report and "## Conflict" in report and "## Task-free inference" in report
+    assert "## Adding a task" in report and "## Precision" in report
     again = moore_cli("bench", "nlu-mtl-quick", "--run", "seed~moore-L8~s0", "--data-dir", REAL_DATA,
                       "--results-dir", tmp_path / "res", "--runs-dir", tmp_path / "runs2", "--device", "cpu",
                       "--no-progress")

@@ -19,7 +19,7 @@ def evaluate_tasks(model: MultiTaskModel, data: dict[str, tuple[Task, list[Examp
     results = {}
     for name, (task, examples) in data.items():
         how = scoring
-        if task_id is None and task.kind == "regression" and model.kind == "encoder" and name not in model.heads:
+        if task_id in (None, "infer") and task.kind == "regression" and model.kind == "encoder" and name not in model.heads:
             how = "similarity"  # no head for it: cosine of the two texts' encodings, as sentence encoders are scored
         results[name] = model.evaluate(task, examples, batch_size=batch_size, scoring=how,
                                        max_new_tokens=max_new_tokens, task_id=task_id, progress=progress)

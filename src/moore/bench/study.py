@@ -42,6 +42,12 @@ from ..training.mixing import mixing_probabilities
 from .provenance import provenance
 from .suites import ABLATION, PEER, REFERENCE, Study, Suite, get_suite, lr_text, resolve_adapter
 
+
+def beyond_specs(*args) -> list:
+    from .beyond import beyond_specs as specs  # bench/beyond.py imports this module
+
+    return specs(*args)
+
 logger = logging.getLogger(__name__)
 
 
@@ -59,6 +65,7 @@ class RunSpec:
     param_lrs: dict[str, float] = field(default_factory=dict)
     schedule: str | None = None  # None: the suite's
     bf16: bool = False  # bf16 autocast in training
+    max_train: int | None = None  # train on this many examples of each task (None: the suite's)
 
 
 def load_runs(results_dir: Path) -> dict[str, dict]:
@@ -146,6 +153,8 @@ def plan(suite: Suite, runs: dict[str, dict]) -> list[RunSpec]:
                 specs.append(replace(main[m], name=f"taskcount~{m}~k{len(subset)}", phase="taskcount",
                                      steps=sum(per_task[t] for t in subset), tasks=tuple(subset),
                                      bf16="taskcount" in study.bf16_phases))
+    if sizes:
+        specs += beyond_specs(suite, runs, main, task_steps(suite, sizes, steps))
     return specs
 
 
@@ -164,6 +173,8 @@ def run_config(suite: Suite, spec: RunSpec, adapter: dict, runs_dir: Path) -> di
     data = copy.deepcopy(suite.config)
     if spec.tasks:
         data["tasks"] = [t for t in data["tasks"] if t["name"] in spec.tasks]
+    if spec.max_train:
+        data["tasks"] = [{**t, "max_train": spec.max_train} for t in data["tasks"]]
     data["adapter"] = adapter
     training = data["training"]
     training.update(lr=spec.lr, seed=spec.seed, steps=spec.steps, param_lrs=dict(spec.param_lrs), bf16=spec.bf16)
@@ -187,6 +198,10 @@ def execute(suite_name: str, name: str, results_dir: Path, runs_dir: Path, data_
     if name not in specs:
         raise ValueError(f"{name!r} is not (yet) a run of {suite_name}'s plan; runs it can name now: {sorted(specs)}")
     spec = specs[name]
+    if spec.phase in ("taskfree", "addtask") and spec.method == REFERENCE:  # no training run of the usual kind
+        from .beyond import execute_beyond
+
+        return execute_beyond(suite, spec, load_runs(results_dir), results_dir, runs_dir, data_dir, device=device)
     base, _, _ = load_base_model(suite.config["model"]["name_or_path"])
     adapter, _ = resolve_adapter(suite, spec.method, base)
     del base

@@ -191,6 +191,70 @@ def _task_count(suite: Suite, runs: dict, chosen: dict, zero_names: list[str], r
     return lines + ["", "![task count](task_count.png)", ""]
 
 
+def _task_free(suite: Suite, runs: dict, results_dir: Path) -> list[str]:
+    """Scores with true ids, inferred mixtures and the mean embedding; task identification."""
+    records = [r for name, r in sorted(runs.items()) if name.startswith(f"taskfree~{REFERENCE}~")]
+    if not records:
+        return []
+    tasks = records[0]["tasks"]
+    lines = ["## Task-free inference (MoORE-L8)", "",
+             "A task classifier (a linear softmax on the frozen input embeddings, mean-pooled, with the log length and "
+             "the share of second-segment tokens) is fitted on each seed run's training inputs; then every task is "
+             f"scored on its test set with its true id, the inferred mixture (`task_ids=\"infer\"`) and the mean task "
+             f"embedding (the paper's unseen-task routing). Mean ± std over {len(records)} seed run(s), ×100.", "",
+             "| task | identified | true id | inferred | mean embedding | inferred − true |", "|---|---|---|---|---|---|"]
+    for t in tasks:
+        values = {r: [_primary({"scores": rec["scores_by_routing"][r]}, t) for rec in records]
+                  for r in ("own", "infer", "unseen")}
+        identified = [rec["identification"][t] for rec in records]
+        gap = [a - b for a, b in zip(values["infer"], values["own"])]
+        lines.append(f"| {t} | {_mean_std(identified)} | {_mean_std(values['own'])} | {_mean_std(values['infer'])} | "
+                     f"{_mean_std(values['unseen'])} | {_mean_std(gap)} |")
+    zero = records[0]["zero_shot_by_routing"]["infer"]
+    for z in zero:
+        inferred = [_zero_shot({"zero_shot": rec["zero_shot_by_routing"]["infer"]}, z) for rec in records]
+        mean = [_zero_shot({"zero_shot": rec["zero_shot_by_routing"]["unseen"]}, z) for rec in records]
+        lines += ["", f"Zero-shot {z} ({get_task(z).metric}): inferred mixture {_mean_std(inferred)}, mean embedding "
+                      f"{_mean_std(mean)}."]
+    return lines + [""]
+
+
+def _added_task(suite: Suite, runs: dict) -> list[str]:
+    study = suite.study
+    if not study.added_task:
+        return []
+    rows = []
+    for n in study.added_sizes:
+        moore = runs.get(f"addtask~{REFERENCE}~n{n}")
+        lora = runs.get(f"addtask~lora~n{n}")
+        if moore is None and lora is None:
+            continue
+        task = study.added_task
+
+        def score(record, key=None):
+            if record is None:
+                return "–"
+            scores = record[key]["scores"] if key else record["scores"]
+            return _pct(scores.get(task, {}).get(get_task(task).metric))
+
+        identical = "yes" if moore and all(moore[v]["old_tasks_bit_identical"] for v in ("head_only", "row_and_head")) \
+            else ("NO" if moore else "–")
+        rows.append(f"| {n} | {score(moore, 'row_and_head')} | {score(moore, 'head_only')} | {score(lora)} | {identical} |")
+    if not rows:
+        return []
+    held = runs.get(f"heldout~{REFERENCE}~{study.added_task}")
+    return ["## Adding a task to a trained MoORE", "",
+            f"MoORE-L8 trained on every task but {study.added_task} "
+            + (f"(test average {_pct(held['average'])}) " if held else "")
+            + f"gets {study.added_task} from N training examples: a new task-table row and head ({study.added_steps} "
+            f"steps at {lr_text(study.added_lr)}), or the head alone with the row left at the mean embedding (the "
+            f"unseen-task routing); LoRA is trained on the same N examples alone, at its chosen rate, for the same "
+            f"steps. Test {get_task(study.added_task).metric} ×100, seed 0. Last column: the other tasks' outputs "
+            "after adding it, compared bit for bit with before.", "",
+            "| N | MoORE: new row + head | MoORE: head, mean embedding | LoRA alone | old tasks bit-identical |",
+            "|---|---|---|---|---|", *rows, ""]
+
+
 # --- the report -------------------------------------------------------------------------------------------
 def write_study_report(suite_name: str, results_dir: Path) -> Path:
     suite = get_suite(suite_name)
@@ -218,6 +282,8 @@ def write_study_report(suite_name: str, results_dir: Path) -> Path:
         lines += _conflict(suite, runs, chosen, tasks, results_dir)
         lines += _forgetting(chosen, zero_names, results_dir)
         lines += _task_count(suite, runs, chosen, zero_names, results_dir)
+    lines += _task_free(suite, runs, results_dir)
+    lines += _added_task(suite, runs)
     cost = study_cost(runs) if runs else None
     if cost:
         lines += ["## Cost", "", f"{cost['runs']} runs, {cost['hours']:.2f} hours of training loop in all, on "

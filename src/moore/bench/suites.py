@@ -101,6 +101,13 @@ class Study:
     # the task-count curve: the single-task methods also trained on these subsets of the tasks, each
     # task with the examples it got in the full mixture (K = 1 and K = all come from the other phases)
     task_subsets: tuple[tuple[str, ...], ...] = ()
+    # beyond the paper (bench/beyond.py): task-free inference on the reference's seed runs, and a task
+    # added to the reference trained without it, from each of added_sizes examples, against LoRA
+    task_free: bool = False
+    added_task: str | None = None
+    added_sizes: tuple[int, ...] = ()
+    added_steps: int = 200
+    added_lr: float = 1e-2
 
     def grid(self, family: str) -> tuple[float, ...]:
         return self.grids[FULL] if family == FULL else self.grids["adapter"]
@@ -188,14 +195,16 @@ def _nlu_mtl(quick: bool) -> Suite:
                   tuned_methods=("moore-L8", "moore-L0", "lora", "full"),
                   convergence={"full": 5e-5, REFERENCE: 1e-3}, convergence_steps=4000, eval_every=200,
                   bf16_phases=("precision", "seed", "single", "taskcount"),  # bf16: 0.49x fp32 steps on this CPU
-                  task_subsets=(("cola", "sst2", "rte"),))
+                  task_subsets=(("cola", "sst2", "rte"),), task_free=True, added_task="rte",
+                  added_sizes=(100, 1000))
     evaluation = {"batch_size": 128, "split": "test", "zero_shot": [{"name": "stsbenchmark"}], "track_zero_shot": True}
     if quick:
         tasks = [{**t, "max_train": 48, "max_eval": 16} for t in tasks[:3]]
         methods = {m: methods[m] for m in ("full", "lora", REFERENCE)}
         study = replace(study, grids={FULL: (5e-5,), "adapter": (1e-3,)}, main_methods=(REFERENCE,),
                         single_methods=(REFERENCE,), seeds=(0, 1), convergence_steps=4, eval_every=2,
-                        reflection_factors=(0.1,), tuned_methods=(REFERENCE, "lora"), task_subsets=(("cola", "sst2"),))
+                        reflection_factors=(0.1,), tuned_methods=(REFERENCE, "lora"), task_subsets=(("cola", "sst2"),),
+                        added_task="mrpc", added_sizes=(20,), added_steps=3)
         evaluation["zero_shot"] = [{"name": "stsbenchmark", "max_eval": 16}]
         tasks = [{**t, "max_validation": 16} for t in tasks]
     return Suite(

@@ -1,0 +1,159 @@
+"""Beyond the paper, measured on a study suite: task-free inference and adding a task.
+
+- ``taskfree~moore-L8~sN``: the reference's seed-N run gets a task classifier fitted on its
+  training inputs; each task is scored with its true id, the inferred mixture and the mean
+  embedding, the classifier's task identification is scored on the test inputs, and the
+  zero-shot tasks are scored with the inferred mixture and with the mean embedding.
+- ``heldout~moore-L8``: the reference trained on every task but ``added_task`` (each with its
+  share of the full mixture). ``addtask~moore-L8~nN`` then adds that task from N training
+  examples twice: a new task-table row and head (``add_task``), and, as the mean-embedding
+  baseline, the head alone with the row left at the unseen-task embedding; it records whether the
+  other tasks' outputs stayed bit-identical. ``addtask~lora~nN`` (an ordinary run) trains LoRA on
+  the same N examples alone, at its chosen rate, for the same number of steps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..evaluation import evaluate_tasks
+from ..io import write_json
+from ..multitask import MultiTaskModel
+from ..runconfig import TaskSpec
+from ..training.new_task import add_and_train_task
+from .provenance import provenance
+from .study import RunSpec
+from .suites import REFERENCE, Suite
+
+ROUTINGS = {"own": "own", "infer": "infer", "unseen": None}
+
+
+def beyond_specs(suite: Suite, runs: dict, main: dict[str, RunSpec], per_task: dict[str, int]) -> list[RunSpec]:
+    study, specs = suite.study, []
+    if REFERENCE not in main:
+        return specs
+    if study.task_free:
+        specs += [RunSpec(f"taskfree~{REFERENCE}~s{seed}", "taskfree", REFERENCE, main[REFERENCE].lr, seed=seed)
+                  for seed in study.seeds if f"seed~{REFERENCE}~s{seed}" in runs]
+    if study.added_task:
+        others = tuple(t for t in per_task if t != study.added_task)
+        held = replace(main[REFERENCE], name=f"heldout~{REFERENCE}~{study.added_task}", phase="heldout",
+                       tasks=others, steps=sum(per_task[t] for t in others), bf16="seed" in study.bf16_phases)
+        specs.append(held)
+        for n in study.added_sizes:
+            if held.name in runs:
+                specs.append(RunSpec(f"addtask~{REFERENCE}~n{n}", "addtask", REFERENCE, study.added_lr,
+                                     steps=study.added_steps, tasks=(study.added_task,), max_train=n))
+            if "lora" in main:
+                specs.append(replace(main["lora"], name=f"addtask~lora~n{n}", phase="addtask", steps=study.added_steps,
+                                     tasks=(study.added_task,), max_train=n, bf16=False, param_lrs={}))
+    return specs
+
+
+def execute_beyond(suite: Suite, spec: RunSpec, runs: dict, results_dir: Path, runs_dir: Path,
+                   data_dir: Path | None, device: str | None = None) -> dict:
+    start = time.time()
+    if spec.phase == "taskfree":
+        record = _task_free(suite, spec, runs_dir, data_dir, device)
+    else:
+        record = _added_task(suite, spec, runs_dir, data_dir, device)
+    record.update({"suite": suite.name, "name": spec.name, "phase": spec.phase, "method": spec.method,
+                   "lr": spec.lr, "seed": spec.seed, "steps": spec.steps, "wall_seconds": time.time() - start,
+                   "train_seconds": record.get("train_seconds", 0.0),
+                   **provenance(f"moore bench {suite.name} --run {spec.name}")})
+    write_json(Path(results_dir) / "runs" / f"{spec.name}.json", record)
+    return record
+
+
+def _evaluation(suite: Suite) -> tuple[int, str, list[dict]]:
+    ev = suite.config["evaluation"]
+    return ev.get("batch_size", 32), ev.get("split", "test"), ev.get("zero_shot", [])
+
+
+def _task_free(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | None, device: str | None) -> dict:
+    folder = Path(runs_dir) / suite.name / f"seed~{REFERENCE}~s{spec.seed}" / "final"
+    _, specs = MultiTaskModel.read_specs(folder)
+    tasks = [s.build() for s in specs]
+    model = MultiTaskModel.load(folder, tasks).to(device or "cpu")
+    batch_size, split, zero = _evaluation(suite)
+    limits = {s.name: s.max_train for s in specs}
+    train = {t.name: t.load(data_dir, "train", limit=limits[t.name], seed=spec.seed) for t in tasks}
+    test = {t.name: (t, t.load(data_dir, split)) for t in tasks}
+    zero_tasks = [TaskSpec.model_validate(z).build() for z in zero]
+    zero_data = {t.name: (t, t.load(data_dir, split, limit=z.get("max_eval"))) for t, z in zip(zero_tasks, zero)}
+    started = time.time()
+    fitted = model.fit_task_classifier(train)
+    seconds = time.time() - started
+    identification = model.task_identification({n: examples for n, (_, examples) in test.items()},
+                                               max_per_task=10**9)
+    scores = {r: evaluate_tasks(model, test, batch_size=batch_size, task_id=tid) for r, tid in ROUTINGS.items()}
+    zero_shot = {r: evaluate_tasks(model, zero_data, batch_size=batch_size, task_id=ROUTINGS[r])
+                 for r in ("infer", "unseen")}
+    return {"tasks": [t.name for t in tasks], "classifier_train_accuracy": fitted, "identification": identification,
+            "scores_by_routing": scores, "zero_shot_by_routing": zero_shot, "train_seconds": seconds}
+
+
+@torch.no_grad()
+def _outputs(model: MultiTaskModel, probes: dict[str, tuple]) -> dict[str, torch.Tensor]:
+    """Each old task's raw outputs (pooled encodings or logits) on a few of its test inputs."""
+    out = {}
+    for name, (task, examples) in probes.items():
+        inputs = {k: v.to(model.device) for k, v in model.strategy.inputs(task, examples).items()}
+        result = model.adapted(**inputs, task_ids=torch.full((len(examples),), model.task_id(name),
+                                                             device=model.device))
+        out[name] = (result.logits if getattr(result, "logits", None) is not None else result.last_hidden_state).cpu()
+    return out
+
+
+def _added_task(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | None, device: str | None) -> dict:
+    study = suite.study
+    folder = Path(runs_dir) / suite.name / f"heldout~{REFERENCE}~{study.added_task}" / "final"
+    batch_size, split, _ = _evaluation(suite)
+    spec_data = next(t for t in suite.config["tasks"] if t["name"] == study.added_task)
+    task_spec = TaskSpec.model_validate({**spec_data, "max_train": spec.max_train})
+    task = task_spec.build()
+    examples = task.load(data_dir, "train", limit=spec.max_train, seed=spec.seed)
+    test = {task.name: (task, task.load(data_dir, split))}
+    record: dict = {"added_task": task.name, "train_examples": len(examples), "train_seconds": 0.0}
+    for variant in ("head_only", "row_and_head"):  # the mean-embedding baseline, then MoORE's new row
+        model = MultiTaskModel.load(folder).to(device or "cpu")
+        probes = {t.name: (t, t.load(data_dir, split, limit=32, seed=0)) for t in model.tasks}
+        before = _outputs(model, probes)
+        torch.manual_seed(spec.seed)
+        started = time.time()
+        if variant == "head_only":  # the new row stays the unseen-task embedding: only the head trains
+            model.add_task(task, task_spec)
+            for _, layer in model.adapted.adapter_layers():
+                layer.added_task_embedding.requires_grad_(False)
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            if trainable:
+                _train(model, task, examples, trainable, spec, batch_size)
+        else:
+            add_and_train_task(model, task, examples, spec=task_spec, steps=spec.steps, lr=spec.lr,
+                               batch_size=min(batch_size, 32), seed=spec.seed, progress=False)
+        record["train_seconds"] += time.time() - started
+        after = _outputs(model, probes)
+        record[variant] = {
+            "scores": evaluate_tasks(model, test, batch_size=batch_size),
+            "old_tasks_bit_identical": all(torch.equal(before[n], after[n]) for n in before),
+        }
+    return record
+
+
+def _train(model: MultiTaskModel, task, examples, params, spec: RunSpec, batch_size: int) -> None:
+    """The same loop as add_and_train_task, for whatever ``params`` are left trainable."""
+    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(spec.seed)
+    model.train()
+    for _ in range(spec.steps):
+        picks = torch.randint(len(examples), (min(batch_size, 32),), generator=generator).tolist()
+        summed, units = model(model.collate([examples[i] for i in picks], [task.name] * len(picks)))
+        (summed / max(units, 1)).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
