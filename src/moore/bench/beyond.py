@@ -81,8 +81,9 @@ def _task_free(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | Non
     model = MultiTaskModel.load(folder, tasks).to(device or "cpu")
     batch_size, split, zero = _evaluation(suite)
     limits = {s.name: s.max_train for s in specs}
+    sizes = {s.name: s.max_eval for s in specs}  # the suite's test subsets (None: in full), as the runs scored
     train = {t.name: t.load(data_dir, "train", limit=limits[t.name], seed=spec.seed) for t in tasks}
-    test = {t.name: (t, t.load(data_dir, split)) for t in tasks}
+    test = {t.name: (t, t.load(data_dir, split, limit=sizes[t.name], seed=spec.seed)) for t in tasks}
     zero_tasks = [TaskSpec.model_validate(z).build() for z in zero]
     zero_data = {t.name: (t, t.load(data_dir, split, limit=z.get("max_eval"))) for t, z in zip(zero_tasks, zero)}
     started = time.time()
@@ -117,7 +118,7 @@ def _added_task(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | No
     task_spec = TaskSpec.model_validate({**spec_data, "max_train": spec.max_train})
     task = task_spec.build()
     examples = task.load(data_dir, "train", limit=spec.max_train, seed=spec.seed)
-    test = {task.name: (task, task.load(data_dir, split))}
+    test = {task.name: (task, task.load(data_dir, split, limit=task_spec.max_eval, seed=spec.seed))}
     record: dict = {"added_task": task.name, "train_examples": len(examples), "train_seconds": 0.0}
     for variant in ("head_only", "row_and_head"):  # the mean-embedding baseline, then MoORE's new row
         model = MultiTaskModel.load(folder).to(device or "cpu")
