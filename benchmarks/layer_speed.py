@@ -62,7 +62,8 @@ def peer_layer(method: str, din: int, dout: int, dtype, device) -> nn.Module:
     layer = config.layer_cls.from_base(base, config, TaskRouting(NUM_TASKS), module_name="mlp.up_proj")
     with torch.no_grad():
         for name in layer.adapter_parameter_names:
-            getattr(layer, name).add_(torch.randn_like(getattr(layer, name)) * 0.01)
+            if getattr(layer, name) is not None:
+                getattr(layer, name).add_(torch.randn_like(getattr(layer, name)) * 0.01)
     return layer
 
 
