@@ -29,7 +29,7 @@ def test_label_format_becomes_question_and_option_texts():
     boolean = llm_adapters_as_text(llm_adapters_example(TRUE_FALSE, "", "false"))
     assert boolean == {"prompt": "Question: is a zorp a tool?\nAnswer:", "options": ["yes", "no"], "label": 1}
     task = TaskSpec(name="arc-e", answer_format="text").build()
-    assert task.metrics == ("accuracy", "accuracy_norm") and task.answer_prefix == " " and task.template is None
+    assert task.metrics == ("accuracy_norm", "accuracy") and task.answer_prefix == " " and task.template is None
     with pytest.raises(ValueError, match="no text form"):
         TaskSpec(name="sst2", answer_format="text")
 
@@ -59,6 +59,7 @@ def test_accuracy_norm_divides_each_option_by_its_length(tmp_path):
                        for r, e in zip(scores, examples)])
     assert result == {"accuracy": pytest.approx((raw == labels).mean()),
                       "accuracy_norm": pytest.approx((normed == labels).mean())}
+    assert model.predict(task, examples, batch_size=4) == normed.tolist()  # the first metric's picks
 
 
 REAL_DATA = Path(os.environ.get("MOORE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -42,10 +42,11 @@ def _names(runs: dict) -> list[str]:
 
 def test_the_plan_unfolds_phase_by_phase():
     runs: dict[str, dict] = {}
-    assert _names(runs) == ["convergence~full", "convergence~moore-L8"]
+    assert _names(runs) == ["base", "convergence~full", "convergence~moore-L8"]
     runs["convergence~full"] = _record("c1", "full", 0.7, curve_peak=300)
     runs["convergence~moore-L8"] = _record("c2", "moore-L8", 0.6, curve_peak=400)
     assert chosen_steps(SUITE.study, runs) == 400  # both within 0.5 points of their best
+    runs["base"] = {"name": "base"}  # the base model's scores: an evaluation, no training
     grid = _names(runs)
     assert len(grid) == 12 and all(n.startswith("grid~") for n in grid)
     assert {s.steps for s in plan(SUITE, runs) if s.phase == "grid"} == {200}  # selection runs: half the steps
@@ -119,6 +120,8 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
     scores = {r: {t: {"mcc" if t == "cola" else "f1" if t == "mrpc" else "accuracy": v} for t in TASKS}
               for r, v in (("own", 0.8), ("infer", 0.78), ("unseen", 0.7))}
     cost = {"wall_seconds": 5.0, "train_seconds": 1.0, "machine": {"gpu": None}}
+    runs["base"] = {**cost, "scores": {}, "average": None, "zero_shot": {"stsbenchmark": {"spearman": 0.8203}},
+                    "predictions": {}}
     runs["taskfree~moore-L8~s0"] = {**cost, "tasks": TASKS, "identification": {t: 0.95 for t in TASKS},
                                     "scores_by_routing": scores, "zero_shot_by_routing": {
                                         r: {"stsbenchmark": {"spearman": 0.8}} for r in ("infer", "unseen")}}
@@ -136,6 +139,7 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
     assert "still to run" in report  # the other peers have not run
     assert "## Conflict and oblivion against the number of tasks" in report and "| lora | 3 | -5.00 |" in report
     assert "## Task-free inference (MoORE-L8)" in report and "| cola | 95.00 | 80.00 | 78.00 |" in report
+    assert "| base model (no training) | – | 0 | – | – | – | – | – | – | 82.03 |" in report
     assert "## Adding a task to a trained MoORE" in report and "| 100 | 70.00 | 60.00 | 80.00 | yes |" in report
     for png in ("convergence.png", "conflict.png", "forgetting.png", "task_count.png"):
         assert (tmp_path / png).stat().st_size > 1000
@@ -151,7 +155,7 @@ def test_the_quick_study_runs_end_to_end(tmp_path):
     moore_cli("bench", "nlu-mtl-quick", "--data-dir", REAL_DATA, "--results-dir", tmp_path / "res", "--runs-dir",
               tmp_path / "runs", "--workers", "2", "--device", "cpu", timeout=900)
     names = sorted(p.stem for p in (tmp_path / "res" / "runs").glob("*.json"))
-    assert "convergence~moore-L8" in names and "seed~moore-L8~s1" in names
+    assert "convergence~moore-L8" in names and "seed~moore-L8~s1" in names and "base" in names
     assert any(n.startswith("single~moore-L8~") for n in names)
     record = json.loads((tmp_path / "res" / "runs" / "seed~moore-L8~s0.json").read_text())
     assert set(record["predictions"]) == {"cola", "sst2", "mrpc"} and record["train_seconds"] > 0
@@ -165,6 +169,7 @@ def test_the_quick_study_runs_end_to_end(tmp_path):
         "cola", "sst2", "mrpc"}
     report = (tmp_path / "res" / "REPORT.md").read_text()
     assert "## Scores" in report and "## Conflict" in report and "## Task-free inference" in report
+    assert "| base model (no training) |" in report
     assert "## Adding a task" in report and "## Precision" in report
     again = moore_cli("bench", "nlu-mtl-quick", "--run", "seed~moore-L8~s0", "--data-dir", REAL_DATA,
                       "--results-dir", tmp_path / "res", "--runs-dir", tmp_path / "runs2", "--device", "cpu",

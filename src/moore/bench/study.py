@@ -101,8 +101,9 @@ def task_steps(suite: Suite, data_sizes: dict[str, int], steps: int) -> dict[str
 def plan(suite: Suite, runs: dict[str, dict]) -> list[RunSpec]:
     """Every run the study needs that the results so far let us name, done or not."""
     study = suite.study
-    specs = [RunSpec(f"convergence~{m}", "convergence", m, lr, steps=study.convergence_steps, schedule="constant")
-             for m, lr in study.convergence.items()]
+    specs = [RunSpec("base", "base", "base", 0.0)]  # the untrained model: what training gains, and forgets
+    specs += [RunSpec(f"convergence~{m}", "convergence", m, lr, steps=study.convergence_steps, schedule="constant")
+              for m, lr in study.convergence.items()]
     steps = chosen_steps(study, runs)
     if steps is None:
         return specs
@@ -198,6 +199,8 @@ def execute(suite_name: str, name: str, results_dir: Path, runs_dir: Path, data_
     if name not in specs:
         raise ValueError(f"{name!r} is not (yet) a run of {suite_name}'s plan; runs it can name now: {sorted(specs)}")
     spec = specs[name]
+    if spec.phase == "base":
+        return _execute_base(suite, results_dir, data_dir, device)
     if spec.phase in ("taskfree", "addtask") and spec.method == REFERENCE:  # no training run of the usual kind
         from .beyond import execute_beyond
 
@@ -234,6 +237,44 @@ def execute(suite_name: str, name: str, results_dir: Path, runs_dir: Path, data_
         **provenance(f"moore bench {suite_name} --run {name}"),
     }
     write_json(Path(results_dir) / "runs" / f"{name}.json", record)
+    return record
+
+
+def _execute_base(suite: Suite, results_dir: Path, data_dir: Path | None, device: str | None) -> dict:
+    """The base model scored as the runs are: the test tasks (decoders only: an encoder's task heads
+    would be untrained) and the zero-shot tasks, through an adapter at its identity init."""
+    from ..evaluation import evaluate_tasks, primary_average
+    from ..multitask import MultiTaskModel
+    from ..runconfig import build_tasks, load_run_config
+
+    start = time.time()
+    data = copy.deepcopy(suite.config)
+    data.update(adapter={"method": "lora"}, output_dir=str(Path(results_dir) / "unused"))
+    config = load_run_config(data=data)
+    tasks, zero = build_tasks(config.tasks), build_tasks(config.evaluation.zero_shot)
+    torch.manual_seed(0)
+    model = MultiTaskModel.build(config.model, config.adapter, tasks, task_specs=config.tasks).to(device or "cpu")
+    ev, data_dir = config.evaluation, config.resolved_data_dir(data_dir)
+    limits = {s.name: s.max_eval for s in [*config.tasks, *ev.zero_shot]}
+    test = {t.name: (t, t.load(data_dir, ev.split, limit=limits[t.name], seed=0)) for t in tasks}
+    zero_data = {t.name: (t, t.load(data_dir, ev.split, limit=limits[t.name], seed=0)) for t in zero}
+    kwargs = dict(batch_size=ev.batch_size, scoring=ev.scoring, max_new_tokens=ev.max_new_tokens, task_id=None)
+    scores, predictions = {}, {}
+    if model.kind == "decoder":  # the LoRA's B is zero at init: these are the base model's own answers
+        scores = evaluate_tasks(model, test, **kwargs)
+        predictions = {n: model.predict(t, examples, batch_size=ev.batch_size, scoring=ev.scoring, task_id=None)
+                       for n, (t, examples) in test.items()}
+    record = {
+        "suite": suite.name, "name": "base", "phase": "base", "method": "base", "lr": 0.0, "seed": 0, "steps": 0,
+        "tasks": [t.name for t in tasks], "scores": scores,
+        "average": primary_average(scores, tasks) if scores else None,
+        "zero_shot": evaluate_tasks(model, zero_data, **kwargs), "predictions": predictions,
+        "labels": {n: [e["label"] for e in examples] for n, (_, examples) in test.items()} if predictions else {},
+        "trainable_parameters": 0, "share": 0.0, "curve": [], "validation_best": None,
+        "wall_seconds": time.time() - start, "train_seconds": 0.0, "device": str(model.device),
+        **provenance(f"moore bench {suite.name} --run base"),
+    }
+    write_json(Path(results_dir) / "runs" / "base.json", record)
     return record
 
 

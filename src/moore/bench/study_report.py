@@ -10,6 +10,7 @@ import numpy as np
 
 from ..data.metrics import LOWER_IS_BETTER
 from ..data.tasks import get_task
+from ..runconfig import TaskSpec
 from .study import chosen_runs, chosen_steps, load_runs, plan, study_cost
 from .suites import REFERENCE, Suite, get_suite, lr_text
 
@@ -27,8 +28,14 @@ def _mean_std(values: list[float]) -> str:
     return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {100 * float(np.std(values, ddof=1)):.2f}"
 
 
+def _metric(record: dict, task: str) -> str:
+    """The task's first metric as the run scored it: accuracy_norm where options were scored as
+    texts (``answer_format: text``), else the registered task's."""
+    return "accuracy_norm" if "accuracy_norm" in record.get("scores", {}).get(task, {}) else get_task(task).metric
+
+
 def _primary(record: dict, task: str) -> float | None:
-    return record["scores"].get(task, {}).get(get_task(task).metric)
+    return record["scores"].get(task, {}).get(_metric(record, task))
 
 
 def _zero_shot(record: dict, task: str) -> float | None:
@@ -39,7 +46,7 @@ def _zero_shot(record: dict, task: str) -> float | None:
 def _resampled_metric(metric: str, predictions: np.ndarray, labels: np.ndarray, index: np.ndarray) -> np.ndarray:
     """The metric on each bootstrap resample (rows of ``index``) of a binary task, vectorised."""
     p, y = predictions[index], labels[index]  # (B, n)
-    if metric == "accuracy":
+    if metric in ("accuracy", "accuracy_norm"):  # accuracy_norm: accuracy of the length-normalised picks
         return (p == y).mean(1)
     tp = ((p == 1) & (y == 1)).sum(1).astype(float)
     tn = ((p == 0) & (y == 0)).sum(1).astype(float)
@@ -59,7 +66,7 @@ def paired_bootstrap(a: list[dict], b: list[dict], tasks: list[str], seed: int =
     rng = np.random.default_rng(seed)
     out, deltas = {}, []
     for task in tasks:
-        metric = get_task(task).metric
+        metric = _metric(a[0], task)
         labels = np.asarray(a[0]["labels"][task])
         index = rng.integers(0, len(labels), (BOOTSTRAP, len(labels)))
         scores = [np.mean([_resampled_metric(metric, np.asarray(r["predictions"][task]), labels, index)
@@ -277,8 +284,9 @@ def write_study_report(suite_name: str, results_dir: Path) -> Path:
     lines += _precision(suite, runs)
     chosen = chosen_runs(suite, runs)
     if chosen:
-        lines += _scores(suite, chosen, tasks, zero_names)
+        lines += _scores(suite, chosen, tasks, zero_names, runs.get("base"))
         lines += _significance(chosen, tasks)
+        lines += _against_base(chosen, runs.get("base"), tasks)
         lines += _conflict(suite, runs, chosen, tasks, results_dir)
         lines += _forgetting(chosen, zero_names, results_dir)
         lines += _task_count(suite, runs, chosen, zero_names, results_dir)
@@ -368,11 +376,16 @@ def _precision(suite: Suite, runs: dict) -> list[str]:
     return lines
 
 
-def _scores(suite: Suite, chosen: dict, tasks: list[str], zero_names: list[str]) -> list[str]:
-    header = ("| method | seeds | #params (% of base) | " + " | ".join(f"{t} ({get_task(t).metric})" for t in tasks)
+def _scores(suite: Suite, chosen: dict, tasks: list[str], zero_names: list[str], base: dict | None) -> list[str]:
+    metrics = {spec["name"]: TaskSpec.model_validate(spec).build().metric for spec in suite.config["tasks"]}
+    header = ("| method | seeds | #params (% of base) | " + " | ".join(f"{t} ({metrics[t]})" for t in tasks)
               + " | average | " + " | ".join(f"zero-shot {z}" for z in zero_names) + " |")
     lines = ["## Scores (test sets in full; mean ± std over seeds, ×100)", "", header,
              "|---|---|---|" + "---|" * (len(tasks) + 1 + len(zero_names))]
+    if base is not None:  # an encoder's base row has no task scores: its heads would be untrained
+        lines.append("| base model (no training) | – | 0 | " + " | ".join(_pct(_primary(base, t)) for t in tasks)
+                     + f" | {_pct(base['average'])} | " + " | ".join(_pct(_zero_shot(base, z)) for z in zero_names)
+                     + " |")
     for m in suite.methods:
         if m not in chosen:
             continue
@@ -396,6 +409,25 @@ def _significance(chosen: dict, tasks: list[str]) -> list[str]:
         if m == REFERENCE:
             continue
         result = paired_bootstrap(chosen[REFERENCE], rs, tasks)
+        cells = []
+        for key in [*tasks, "average"]:
+            mean, low, high, significant = result[key]
+            text = f"{100 * mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
+            cells.append(f"**{text}**" if significant else text)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _against_base(chosen: dict, base: dict | None, tasks: list[str]) -> list[str]:
+    """Each method against the untrained model (decoders, whose base model answers every task)."""
+    if not base or not base.get("predictions"):
+        return []
+    lines = ["## Each method against the base model: paired bootstrap", "",
+             f"Δ = method − base model, ×100, with its 95% interval ({BOOTSTRAP} resamples of the test examples, seeds "
+             "pooled as above). **Bold**: the interval excludes 0.", "",
+             "| method | " + " | ".join(tasks) + " | average |", "|---|" + "---|" * (len(tasks) + 1)]
+    for m, rs in chosen.items():
+        result = paired_bootstrap(rs, [base], tasks)
         cells = []
         for key in [*tasks, "average"]:
             mean, low, high, significant = result[key]

@@ -136,14 +136,15 @@ class Task:
     def with_text_answers(self) -> "Task":
         """This task scored (and trained) on its options' own texts rather than on label tokens
         (``answer1``..``answer4``, ``true``/``false``): each option's text is a continuation of
-        the question, ranked by its summed log-likelihood (``accuracy``) and by that divided by
-        its length in bytes (``accuracy_norm``), as lm-evaluation-harness's acc and acc_norm."""
+        the question, ranked by its log-likelihood divided by its length in bytes
+        (``accuracy_norm``, the first metric: it selects checkpoints and enters averages) and by
+        the summed log-likelihood (``accuracy``), as lm-evaluation-harness's acc_norm and acc."""
         if self.as_text is None:
             raise ValueError(f"task {self.name!r} has no text form of its answers (answer_format: text is for "
                              "the commonsense tasks in LLM-Adapters' format)")
         convert, reader, hub = self.as_text, self.reader, self.hub
         return dataclasses.replace(
-            self, metrics=("accuracy", "accuracy_norm"), template=None, answer_prefix=" ", as_text=None,
+            self, metrics=("accuracy_norm", "accuracy"), template=None, answer_prefix=" ", as_text=None,
             reader=lambda paths, split: [convert(e) for e in reader(paths, split)],
             hub=None if hub is None else (lambda split: [convert(e) for e in hub(split)]),
             description=f"{self.description}; answers as option texts",

@@ -193,10 +193,14 @@ class MultiTaskModel(nn.Module):
                                    max_new_tokens=max_new_tokens, task_id=task_id, progress=progress)
         return {m: METRICS[m](predictions, references) for m in task.metrics if m in METRICS}
 
-    @torch.no_grad()
     def _option_accuracies(self, task: Task, examples, references, batch_size: int, task_id, progress: bool) -> dict:
-        """accuracy (the option of highest summed log-likelihood) and accuracy_norm (of highest
-        log-likelihood per byte of the option's text), from one scoring pass."""
+        picks = self._option_picks(task, examples, batch_size, task_id, progress)
+        return {m: METRICS[m](picks[m], references) for m in task.metrics if m in picks}
+
+    @torch.no_grad()
+    def _option_picks(self, task: Task, examples, batch_size: int, task_id, progress: bool) -> dict[str, list[int]]:
+        """From one scoring pass: for ``accuracy`` the option of highest summed log-likelihood, for
+        ``accuracy_norm`` the option of highest log-likelihood per byte of its text."""
         tid = self.task_id(task.name) if task_id == "own" else task_id
         with self._evaluating():
             scores = self.strategy.option_logliks(task, examples, tid, batch_size, progress)
@@ -205,8 +209,7 @@ class MultiTaskModel(nn.Module):
             sizes = [len((task.answer_prefix + o).encode("utf-8")) for o in self.strategy.options(task, example)]
             picks.append(max(range(len(row)), key=row.__getitem__))
             normed.append(max(range(len(row)), key=lambda k: row[k] / max(sizes[k], 1)))
-        by_metric = {"accuracy": picks, "accuracy_norm": normed}
-        return {m: METRICS[m](by_metric.get(m, picks), references) for m in task.metrics if m in METRICS}
+        return {"accuracy": picks, "accuracy_norm": normed}
 
     @torch.no_grad()
     def predict(self, task: Task | str, examples: Sequence[Example], *, batch_size: int = 32,
@@ -214,6 +217,8 @@ class MultiTaskModel(nn.Module):
                 progress: bool = False) -> list:
         """One prediction per example: a class (or option) index, or a score for regression."""
         task = task if isinstance(task, Task) else self.tasks[self.task_id(task)]
+        if task.metric == "accuracy_norm" and self.kind == "decoder" and scoring == "loglik":
+            return self._option_picks(task, examples, batch_size, task_id, progress)["accuracy_norm"]
         tid = self.task_id(task.name) if task_id == "own" else task_id
         with self._evaluating():
             return self.strategy.predict(task, examples, tid, batch_size=batch_size, scoring=scoring,
