@@ -120,8 +120,9 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
     scores = {r: {t: {"mcc" if t == "cola" else "f1" if t == "mrpc" else "accuracy": v} for t in TASKS}
               for r, v in (("own", 0.8), ("infer", 0.78), ("unseen", 0.7))}
     cost = {"wall_seconds": 5.0, "train_seconds": 1.0, "machine": {"gpu": None}}
-    runs["base"] = {**cost, "scores": {}, "average": None, "zero_shot": {"stsbenchmark": {"spearman": 0.8203}},
-                    "predictions": {}}
+    runs["base"] = {**_record("b", "base", 0.0, correct=0.5), **cost, "average": 0.5,
+                    "zero_shot": {"stsbenchmark": {"spearman": 0.8203}}}
+    runs["base"]["labels"] = runs["seed~moore-L8~s0"]["labels"]  # the same test examples as every run
     runs["taskfree~moore-L8~s0"] = {**cost, "tasks": TASKS, "identification": {t: 0.95 for t in TASKS},
                                     "scores_by_routing": scores, "zero_shot_by_routing": {
                                         r: {"stsbenchmark": {"spearman": 0.8}} for r in ("infer", "unseen")}}
@@ -139,7 +140,8 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
     assert "still to run" in report  # the other peers have not run
     assert "## Conflict and oblivion against the number of tasks" in report and "| lora | 3 | -5.00 |" in report
     assert "## Task-free inference (MoORE-L8)" in report and "| cola | 95.00 | 80.00 | 78.00 |" in report
-    assert "| base model (no training) | – | 0 | – | – | – | – | – | – | 82.03 |" in report
+    assert "| base model (no training) | – | 0 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 82.03 |" in report
+    assert "## Each method against the base model: paired bootstrap" in report
     assert "## Adding a task to a trained MoORE" in report and "| 100 | 70.00 | 60.00 | 80.00 | yes |" in report
     for png in ("convergence.png", "conflict.png", "forgetting.png", "task_count.png"):
         assert (tmp_path / png).stat().st_size > 1000

@@ -406,16 +406,19 @@ def _significance(chosen: dict, tasks: list[str]) -> list[str]:
              "**Bold**: the interval excludes 0.", "",
              "| method | " + " | ".join(tasks) + " | average |", "|---|" + "---|" * (len(tasks) + 1)]
     for m, rs in chosen.items():
-        if m == REFERENCE:
-            continue
-        result = paired_bootstrap(chosen[REFERENCE], rs, tasks)
-        cells = []
-        for key in [*tasks, "average"]:
-            mean, low, high, significant = result[key]
-            text = f"{100 * mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
-            cells.append(f"**{text}**" if significant else text)
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        if m != REFERENCE:
+            lines.append(_bootstrap_row(m, paired_bootstrap(chosen[REFERENCE], rs, tasks), tasks))
     return lines + [""]
+
+
+def _bootstrap_row(name: str, result: dict[str, tuple], tasks: list[str]) -> str:
+    """A table row of Δ [95% interval] per task and on the average; bold where the interval excludes 0."""
+    cells = []
+    for key in [*tasks, "average"]:
+        mean, low, high, significant = result[key]
+        text = f"{100 * mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
+        cells.append(f"**{text}**" if significant else text)
+    return f"| {name} | " + " | ".join(cells) + " |"
 
 
 def _against_base(chosen: dict, base: dict | None, tasks: list[str]) -> list[str]:
@@ -426,14 +429,7 @@ def _against_base(chosen: dict, base: dict | None, tasks: list[str]) -> list[str
              f"Δ = method − base model, ×100, with its 95% interval ({BOOTSTRAP} resamples of the test examples, seeds "
              "pooled as above). **Bold**: the interval excludes 0.", "",
              "| method | " + " | ".join(tasks) + " | average |", "|---|" + "---|" * (len(tasks) + 1)]
-    for m, rs in chosen.items():
-        result = paired_bootstrap(rs, [base], tasks)
-        cells = []
-        for key in [*tasks, "average"]:
-            mean, low, high, significant = result[key]
-            text = f"{100 * mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
-            cells.append(f"**{text}**" if significant else text)
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += [_bootstrap_row(m, paired_bootstrap(rs, [base], tasks), tasks) for m, rs in chosen.items()]
     return lines + [""]
 
 
