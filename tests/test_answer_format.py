@@ -73,3 +73,39 @@ def test_every_real_item_converts(name):
         for example in task.load(REAL_DATA, split):
             assert example["prompt"].startswith("Question: ") and all(example["options"])
             assert 0 <= example["label"] < len(example["options"])
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+def test_options_read_after_a_cached_prompt_score_as_whole_sequences(arch):
+    """The key-value-cache path (prompts left-padded, read once) against one whole sequence per option."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, \
+        Qwen2ForCausalLM
+
+    import moore
+    from helpers import minilm_path
+
+    vocab = 30522
+    base = {"gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4)),
+            "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=48,
+                                                          num_hidden_layers=2, num_attention_heads=4,
+                                                          num_key_value_heads=2)),
+            "llama": lambda: LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=48,
+                                                          num_hidden_layers=2, num_attention_heads=4,
+                                                          num_key_value_heads=2))}[arch]
+    torch.manual_seed(0)
+    adapted = moore.get_moore_model(base().eval(), moore.MooreConfig(num_tasks=2, task_dim=4, sample_dim=2,
+                                                                     num_reflections=2), svd_cache_dir=None)
+    with torch.no_grad():  # routing and reflections away from the identity
+        for tensor in adapted.adapter_state_dict().values():
+            tensor.add_(torch.randn_like(tensor) * 0.3)
+    spec = TaskSpec(name="arc-e", answer_format="text")
+    task = spec.build()
+    model = MultiTaskModel(adapted, AutoTokenizer.from_pretrained(minilm_path()), [task], task_specs=[spec],
+                           model_spec=ModelSpec(name_or_path="tiny", kind="decoder", max_length=64)).eval()
+    examples = [llm_adapters_as_text(llm_adapters_example(CHOICE, "", f"answer{k}")) for k in (1, 2, 3)]
+    examples[1] = dict(examples[1], prompt="Question: a much longer question about the zorp and its tools?\nAnswer:")
+    assert model.strategy.caches
+    cached = model.strategy.option_logliks(task, examples, 1, 4, False)
+    model.strategy.__dict__["caches"] = False  # the plain path: one sequence per option
+    whole = model.strategy.option_logliks(task, examples, 1, 4, False)
+    np.testing.assert_allclose(np.array(cached), np.array(whole), rtol=1e-5, atol=1e-4)

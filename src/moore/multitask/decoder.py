@@ -124,18 +124,26 @@ class DecoderTasks:
 
         When all options share their answer tokens but the last (``answer1``..``answer4``, ``true``/
         ``false``), one forward per example scores them all from the logits at that position (the
-        shared tokens add the same to every option, so they are left out of the sums)."""
+        shared tokens add the same to every option, so they are left out of the sums). Otherwise
+        (options as texts), a model with a key-value cache reads each prompt once and every option
+        after it (``_cached_option_logliks``)."""
         m = self.model
         requests = []  # (example index, option index, context ids, scored ids)
+        scores: dict[int, dict[int, float]] = {}
+        by_text = []  # examples whose options differ beyond their last token
         for i, example in enumerate(examples):
             prompt = self.ids(self.prompt(task, example), True)
             answers = [self.ids(task.answer_prefix + o, False) for o in self.options(task, example)]
             shared = _common_prefix(answers)
             if all(len(a) == shared + 1 for a in answers):
                 requests.append((i, None, prompt + answers[0][:shared], [a[-1] for a in answers]))
+            elif self.caches:
+                by_text.append((i, prompt, answers))
             else:
                 requests += [(i, k, prompt + a[:-1], a) for k, a in enumerate(answers)]
-        scores: dict[int, dict[int, float]] = {}
+        for chunk in chunks(by_text, batch_size, progress, task.name):
+            for i, row in zip([i for i, _, _ in chunk], self._cached_option_logliks(chunk, task_id)):
+                scores[i] = dict(enumerate(row))
         for chunk in chunks(requests, batch_size, progress, task.name):
             contexts = [c[-m.max_length:] for _, _, c, _ in chunk]
             input_ids = pad(contexts, m.tokenizer.pad_token_id).to(m.device)
@@ -156,6 +164,48 @@ class DecoderTasks:
                     value = logp[row, cols, torch.tensor(scored, device=logp.device)].sum().item()
                     scores.setdefault(i, {})[k] = value
         return [[scores[i][k] for k in range(len(scores[i]))] for i in range(len(examples))]
+
+    @functools.cached_property
+    def caches(self) -> bool:
+        """Whether the model keeps a key-value cache to continue a forward from (decoder LMs do)."""
+        return getattr(getattr(self.model.adapted.model, "config", None), "use_cache", None) is not None
+
+    @torch.no_grad()
+    def _cached_option_logliks(self, chunk: Sequence[tuple[int, list[int], list[list[int]]]],
+                               task_id) -> list[list[float]]:
+        """Each option's summed log-probability after its prompt: the prompts (left-padded, with
+        their own positions) in one forward that keeps the cache, then every option of every prompt
+        in a second forward from that cache. A prompt is read once instead of once per option."""
+        m, device = self.model, self.model.device
+        prompts = [p[-max(1, m.max_length + 1 - max(map(len, answers))):] for _, p, answers in chunk]
+        input_ids = pad(prompts, m.tokenizer.pad_token_id, left=True).to(device)  # (B, T)
+        mask = pad([[1] * len(p) for p in prompts], 0, left=True).to(device)
+        routing = task_ids_tensor(task_id, len(chunk), device)
+        if isinstance(routing, str):  # "infer": from the prompt alone, the same mixture for its options
+            routing = m.adapted.infer_task_weights(input_ids=input_ids, attention_mask=mask)
+        first = m.adapted(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
+                          task_ids=routing, use_cache=True)
+        first_logp = first.logits[:, -1].float().log_softmax(-1)  # (B, V): each option's first token
+        rows = [(b, k) for b, (_, _, answers) in enumerate(chunk) for k in range(len(answers))]
+        index = torch.tensor([b for b, _ in rows], device=device)
+        cache = first.past_key_values
+        cache.reorder_cache(index)  # one copy of its prompt's cache per option
+        options = [chunk[b][2][k] for b, k in rows]
+        option_ids = pad(options, m.tokenizer.pad_token_id).to(device)  # (R, L)
+        option_mask = pad([[1] * len(o) for o in options], 0).to(device)
+        positions = mask.sum(-1)[index][:, None] + torch.arange(option_ids.shape[1], device=device)  # (R, L)
+        second = m.adapted(input_ids=option_ids, attention_mask=torch.cat([mask[index], option_mask], -1),
+                           position_ids=positions, past_key_values=cache, use_cache=False,
+                           task_ids=None if routing is None else routing[index])
+        logp = second.logits[:, :-1].float().log_softmax(-1)  # (R, L-1, V): the options' later tokens
+        targets = option_ids[:, 1:].clamp_min(0)
+        later = (logp.gather(-1, targets[..., None])[..., 0] * option_mask[:, 1:]).sum(-1)  # (R,)
+        firsts = first_logp[index].gather(-1, option_ids[:, :1])[:, 0]  # (R,)
+        totals = (firsts + later).tolist()
+        out = [[] for _ in chunk]
+        for (b, _), value in zip(rows, totals):
+            out[b].append(value)
+        return out
 
     @torch.no_grad()
     def continuation_logprobs(self, pairs: Sequence[tuple[list[int], list[int]]], task_id: int | None,
