@@ -24,7 +24,7 @@ from ..evaluation import evaluate_tasks
 from ..io import write_json
 from ..multitask import MultiTaskModel
 from ..runconfig import TaskSpec
-from ..training.new_task import add_and_train_task
+from ..training.new_task import add_and_train_task, train_trainable
 from .provenance import provenance
 from .study import RunSpec
 from .suites import REFERENCE, Suite
@@ -130,9 +130,9 @@ def _added_task(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | No
             model.add_task(task, task_spec)
             for _, layer in model.adapted.adapter_layers():
                 layer.added_task_embedding.requires_grad_(False)
-            trainable = [p for p in model.parameters() if p.requires_grad]
-            if trainable:
-                _train(model, task, examples, trainable, spec, batch_size)
+            if any(p.requires_grad for p in model.parameters()):  # a decoder has no head to train
+                train_trainable(model, task, examples, steps=spec.steps, lr=spec.lr,
+                                batch_size=min(batch_size, 32), seed=spec.seed)
         else:
             add_and_train_task(model, task, examples, spec=task_spec, steps=spec.steps, lr=spec.lr,
                                batch_size=min(batch_size, 32), seed=spec.seed, progress=False)
@@ -144,17 +144,3 @@ def _added_task(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | No
         }
     return record
 
-
-def _train(model: MultiTaskModel, task, examples, params, spec: RunSpec, batch_size: int) -> None:
-    """The same loop as add_and_train_task, for whatever ``params`` are left trainable."""
-    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(spec.seed)
-    model.train()
-    for _ in range(spec.steps):
-        picks = torch.randint(len(examples), (min(batch_size, 32),), generator=generator).tolist()
-        summed, units = model(model.collate([examples[i] for i in picks], [task.name] * len(picks)))
-        (summed / max(units, 1)).backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    model.eval()

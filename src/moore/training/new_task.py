@@ -21,11 +21,18 @@ logger = logging.getLogger(__name__)
 def add_and_train_task(model: MultiTaskModel, task: Task, examples: Sequence[Example], *, spec: TaskSpec | None = None,
                        steps: int = 200, lr: float = 1e-2, batch_size: int = 16, seed: int = 0,
                        max_grad_norm: float = 1.0, progress: bool = True) -> list[float]:
-    """``model.add_task(task)``, then ``steps`` AdamW steps on batches drawn from ``examples``
-    (with replacement, seeded); returns the losses. The model is left in eval mode."""
+    """``model.add_task(task)``, then ``train_trainable`` on its examples; returns the losses."""
     if not examples:
         raise ValueError(f"no examples to train task {task.name!r} on")
     model.add_task(task, spec)
+    return train_trainable(model, task, examples, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                           max_grad_norm=max_grad_norm, progress=progress)
+
+
+def train_trainable(model: MultiTaskModel, task: Task, examples: Sequence[Example], *, steps: int, lr: float,
+                    batch_size: int, seed: int = 0, max_grad_norm: float = 1.0, progress: bool = False) -> list[float]:
+    """``steps`` AdamW steps on whatever parameters of ``model`` are trainable, on batches drawn from
+    ``examples`` of ``task`` (with replacement, seeded); returns the losses. Leaves the model in eval mode."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
@@ -36,7 +43,7 @@ def add_and_train_task(model: MultiTaskModel, task: Task, examples: Sequence[Exa
         summed, units = model(model.collate([examples[i] for i in picks], [task.name] * batch_size))
         loss = summed / max(units, 1)
         if not torch.isfinite(loss):
-            raise TrainingDivergedError(f"adding task {task.name!r}: the loss is {loss.item()} at step {step + 1} "
+            raise TrainingDivergedError(f"training task {task.name!r}: the loss is {loss.item()} at step {step + 1} "
                                         f"(lr {lr:g}); lower --lr")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
@@ -44,5 +51,6 @@ def add_and_train_task(model: MultiTaskModel, task: Task, examples: Sequence[Exa
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
     model.eval()
-    logger.info("task %s added: %d steps, loss %.4f -> %.4f", task.name, steps, losses[0], losses[-1])
+    if losses:
+        logger.info("task %s: %d steps, loss %.4f -> %.4f", task.name, steps, losses[0], losses[-1])
     return losses
