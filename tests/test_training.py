@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 from moore.multitask import MultiTaskModel
 from moore.runconfig import build_tasks, load_run_config
 from moore.training import TaskMixer, lr_multiplier, mixing_probabilities, train
-from training_fixtures import free_port, make_tasks, moore_cli, run_config, save_tiny_decoder, save_tiny_encoder, write_config
+from training_fixtures import (free_port, make_tasks, moore_cli, run_config, save_tiny_decoder, save_tiny_encoder,
+                               write_config, write_jsonl)
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +168,75 @@ def test_grad_accumulation_equals_one_big_batch(world, tmp_path):
         runs[name] = _weights(tmp_path / name)
     for key, value in runs["big"].items():
         assert torch.allclose(value, runs["accum"][key], atol=1e-6), key
+
+
+@pytest.fixture(scope="module")
+def ragged(world):
+    """Tasks whose texts run from 1 to 24 words: a batch padded whole is mostly padding."""
+    import random
+
+    rng, words = random.Random(1), ["sunny", "dark", "table", "river", "seven", "calm", "rude", "stone"]
+    files = dict(world["files"])
+    for name in ("mood", "count"):
+        rows = []
+        for i in range(48):
+            text = " ".join(rng.choices(words, k=rng.choice([1, 2, 3, 12, 24])))
+            rows.append({"text": text, "label": ["negative", "positive"][i % 2] if name == "mood" else float(i % 4)})
+        files[name] = {split: write_jsonl(world["root"] / "ragged" / name / f"{split}.jsonl", rows)
+                       for split in ("train", "test")}
+    return files
+
+
+@pytest.mark.parametrize("kind,names", [("encoder", ["mood", "count"]), ("decoder", ["mood", "pick", "text"])])
+def test_length_buckets_give_the_same_training(world, ragged, tmp_path, kind, names):
+    """Each micro-batch split by length into 3 buckets: the same weights as the batch padded whole."""
+    runs = {}
+    for buckets in (1, 3):
+        data = run_config(world[kind], ragged, names, tmp_path / str(buckets), steps=3, batch_size=8,
+                          length_buckets=buckets)
+        train(load_run_config(data=data), progress=False)
+        runs[buckets] = _weights(tmp_path / str(buckets))
+    for key, value in runs[1].items():
+        assert torch.allclose(value, runs[3][key], atol=1e-5), key
+
+
+def test_length_buckets_pad_less_and_keep_every_example(world, ragged, tmp_path):
+    from moore.training import Trainer
+
+    data = run_config(world["encoder"], ragged, ["mood", "count"], tmp_path / "r", batch_size=16, length_buckets=4)
+    config = load_run_config(data=data)
+    trainer = Trainer(config, progress=False)
+    trainer._load_data()
+    trainer.model = MultiTaskModel.build(config.model, config.adapter, trainer.tasks, task_specs=config.tasks)
+    examples = trainer.train_data["mood"][:8] + trainer.train_data["count"][:8]
+    names = ["mood"] * 8 + ["count"] * 8
+    whole = trainer.model.collate(examples, names)
+    buckets = trainer._length_buckets(examples, names)
+    assert len(buckets) == 4 and [len(b["task_ids"]) for b in buckets] == [4, 4, 4, 4]
+    padded = sum(b["inputs"]["input_ids"].numel() for b in buckets)
+    assert padded < whole["inputs"]["input_ids"].numel()
+    assert sum(b["inputs"]["attention_mask"].sum() for b in buckets) == whole["inputs"]["attention_mask"].sum()
+    assert sorted(torch.cat([b["labels"] for b in buckets]).tolist()) == sorted(whole["labels"].tolist())
+    assert sorted(torch.cat([b["task_ids"] for b in buckets]).tolist()) == sorted(whole["task_ids"].tolist())
+
+
+def test_scoring_in_length_order_keeps_each_examples_prediction(world, ragged):
+    """predict() scores texts shortest first (less padding) and hands back predictions in the
+    examples' own order: the same as scoring each example alone."""
+    from moore.multitask.common import in_order, length_order
+
+    examples = [{"text": "a " * n, "label": 0} for n in (5, 1, 9, 3)]
+    order = length_order(examples)
+    assert order == [1, 3, 0, 2] and in_order([examples[i]["text"] for i in order], order) == [e["text"] for e in examples]
+    data = run_config(world["encoder"], ragged, ["mood", "count"], world["root"] / "unused")
+    config = load_run_config(data=data)
+    tasks = build_tasks(config.tasks)
+    torch.manual_seed(0)
+    model = MultiTaskModel.build(config.model, config.adapter, tasks, task_specs=config.tasks)
+    test = tasks[1].load(None, "test")
+    together = model.predict("count", test, batch_size=16)
+    alone = [model.predict("count", [e], batch_size=1)[0] for e in test]
+    assert np.allclose(together, alone, atol=1e-5)
 
 
 def test_decoder_training_with_checkpointing_and_bf16(world, tmp_path):

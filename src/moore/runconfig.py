@@ -128,6 +128,8 @@ class TrainingSpec(_Strict):
     steps: int = Field(100, gt=0, description="optimizer steps (per stage, with stages)")
     batch_size: int = Field(16, gt=0, description="samples per process per micro-step")
     grad_accum_steps: int = Field(1, gt=0)
+    length_buckets: int = Field(1, gt=0, description="split each micro-batch into this many by token length, each "
+                                "padded to its own longest: the same gradient with less padding (dropout masks aside)")
     lr: float = Field(1e-3, gt=0)
     head_lr: float | None = Field(None, gt=0, description="learning rate of the task heads (default: lr)")
     param_lrs: dict[str, PositiveFloat] = Field(default_factory=dict, description="learning rates by parameter name, e.g. "

@@ -66,6 +66,7 @@ class RunSpec:
     schedule: str | None = None  # None: the suite's
     bf16: bool = False  # bf16 autocast in training
     max_train: int | None = None  # train on this many examples of each task (None: the suite's)
+    length_buckets: int = 1  # split each batch into this many by token length
 
 
 def load_runs(results_dir: Path) -> dict[str, dict]:
@@ -156,7 +157,8 @@ def plan(suite: Suite, runs: dict[str, dict]) -> list[RunSpec]:
                                      bf16="taskcount" in study.bf16_phases))
     if sizes:
         specs += beyond_specs(suite, runs, main, task_steps(suite, sizes, steps))
-    return specs
+    return [replace(s, length_buckets=study.length_buckets) if s.phase in study.length_bucket_phases else s
+            for s in specs]
 
 
 def chosen_runs(suite: Suite, runs: dict[str, dict]) -> dict[str, list[dict]]:
@@ -179,6 +181,8 @@ def run_config(suite: Suite, spec: RunSpec, adapter: dict, runs_dir: Path) -> di
     data["adapter"] = adapter
     training = data["training"]
     training.update(lr=spec.lr, seed=spec.seed, steps=spec.steps, param_lrs=dict(spec.param_lrs), bf16=spec.bf16)
+    if spec.length_buckets > 1:  # written only where used: runs from before the option resume unchanged
+        training.update(length_buckets=spec.length_buckets)
     training.update(eval_every=max(1, min(suite.study.eval_every, spec.steps)),
                     save_every=max(1, min(suite.study.eval_every, spec.steps)))
     if spec.schedule:
@@ -226,6 +230,7 @@ def execute(suite_name: str, name: str, results_dir: Path, runs_dir: Path, data_
     record = {
         "suite": suite_name, "name": name, "phase": spec.phase, "method": spec.method, "lr": spec.lr,
         "param_lrs": spec.param_lrs, "seed": spec.seed, "steps": spec.steps, "bf16": spec.bf16,
+        "length_buckets": spec.length_buckets,
         "tasks": [t.name for t in trainer.tasks],
         "adapter": adapter, "trainable_parameters": trainable, "share": trainable / model.adapted.num_base_parameters,
         "scores": results["after"], "average": results["average"]["after"], "zero_shot": results["zero_shot"],

@@ -317,7 +317,12 @@ def _protocol(suite: Suite) -> str:
             f"(`training.param_lrs`); the other peers take {study.lr_donor}'s rate. (3) Every method at its chosen "
             f"rate and the full step count; {', '.join(study.main_methods)} and the peer with the best validation "
             f"average at seeds {', '.join(map(str, study.seeds))}. (4) Single-task runs of "
-            f"{', '.join(study.single_methods)}: one adapter per task, with the steps that task got in the mixture.")
+            f"{', '.join(study.single_methods)}: one adapter per task, with the steps that task got in the mixture."
+            + (f" Phases trained in bf16 autocast (evaluation in fp32): {', '.join(study.bf16_phases)}."
+               if study.bf16_phases else "")
+            + (f" In {', '.join(study.length_bucket_phases)}, each batch trains as {study.length_buckets} pieces of "
+               "similar token length (`training.length_buckets`): the same gradient with less padding, dropout "
+               "masks aside." if study.length_buckets > 1 else ""))
 
 
 def _convergence(suite: Suite, runs: dict, results_dir: Path) -> list[str]:

@@ -98,6 +98,10 @@ class Study:
     # phases trained in bf16 autocast (evaluation stays fp32). With any, a "precision" run repeats the
     # reference's winning grid run in bf16, so the report can set the fp32/bf16 gap against seed noise.
     bf16_phases: tuple[str, ...] = ()
+    # phases whose batches train split by token length (``training.length_buckets``): the same gradient,
+    # less padding. Not the grid and precision runs, which are compared with each other as they ran.
+    length_buckets: int = 1
+    length_bucket_phases: tuple[str, ...] = ()
     # the task-count curve: the single-task methods also trained on these subsets of the tasks, each
     # task with the examples it got in the full mixture (K = 1 and K = all come from the other phases)
     task_subsets: tuple[tuple[str, ...], ...] = ()
@@ -195,6 +199,8 @@ def _nlu_mtl(quick: bool) -> Suite:
                   tuned_methods=("moore-L8", "moore-L0", "lora", "full"),
                   convergence={"full": 5e-5, REFERENCE: 1e-3}, convergence_steps=4000, eval_every=200,
                   bf16_phases=("precision", "seed", "single", "taskcount"),  # bf16: 0.49x fp32 steps on this CPU
+                  # 4 buckets: 0.55x the time of a step padded whole (benchmarks/length_buckets_speed.py)
+                  length_buckets=4, length_bucket_phases=("seed", "single", "taskcount", "heldout", "addtask"),
                   task_subsets=(("cola", "sst2", "rte"),), task_free=True, added_task="rte",
                   added_sizes=(100, 1000))
     evaluation = {"batch_size": 128, "split": "test", "zero_shot": [{"name": "stsbenchmark"}], "track_zero_shot": True}

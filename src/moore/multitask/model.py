@@ -30,7 +30,7 @@ from ..hub import load_from_spec
 from ..io import atomic_write, json_sha256, load_safetensors, read_json, write_json
 from ..model import WEIGHTS_NAME, MooreModel, get_moore_model
 from ..runconfig import ModelSpec, TaskSpec
-from .common import chunks
+from .common import chunks, in_order, length_order
 from .decoder import DecoderTasks
 from .encoder import EncoderTasks
 
@@ -202,8 +202,10 @@ class MultiTaskModel(nn.Module):
         """From one scoring pass: for ``accuracy`` the option of highest summed log-likelihood, for
         ``accuracy_norm`` the option of highest log-likelihood per byte of its text."""
         tid = self.task_id(task.name) if task_id == "own" else task_id
+        order = length_order(examples)
         with self._evaluating():
-            scores = self.strategy.option_logliks(task, examples, tid, batch_size, progress)
+            scores = in_order(self.strategy.option_logliks(task, [examples[i] for i in order], tid, batch_size,
+                                                           progress), order)
         picks, normed = [], []
         for row, example in zip(scores, examples):
             sizes = [len((task.answer_prefix + o).encode("utf-8")) for o in self.strategy.options(task, example)]
@@ -220,9 +222,11 @@ class MultiTaskModel(nn.Module):
         if task.metric == "accuracy_norm" and self.kind == "decoder" and scoring == "loglik":
             return self._option_picks(task, examples, batch_size, task_id, progress)["accuracy_norm"]
         tid = self.task_id(task.name) if task_id == "own" else task_id
+        order = length_order(examples)
         with self._evaluating():
-            return self.strategy.predict(task, examples, tid, batch_size=batch_size, scoring=scoring,
-                                         max_new_tokens=max_new_tokens, progress=progress)
+            return in_order(self.strategy.predict(task, [examples[i] for i in order], tid, batch_size=batch_size,
+                                                  scoring=scoring, max_new_tokens=max_new_tokens, progress=progress),
+                            order)
 
     @contextmanager
     def _evaluating(self):

@@ -301,8 +301,27 @@ class Trainer:
         drawn = mixer.draw(step, global_batch)
         micro = spec.batch_size
         mine = [drawn[(rank * spec.grad_accum_steps + j) * micro:][:micro] for j in range(spec.grad_accum_steps)]
-        return [self.model.collate([self.train_data[stage_tasks[t]][i] for t, i in chunk],
-                                   [stage_tasks[t] for t, _ in chunk]) for chunk in mine]
+        batches = []
+        for chunk in mine:
+            examples = [self.train_data[stage_tasks[t]][i] for t, i in chunk]
+            names = [stage_tasks[t] for t, _ in chunk]
+            batches += self._length_buckets(examples, names)
+        return batches
+
+    def _length_buckets(self, examples: list, names: list[str]) -> list[dict]:
+        """One micro-batch, as ``length_buckets`` batches of examples of similar token length. Losses
+        are sums over units divided by the step's unit count, so the gradient is the micro-batch's;
+        a mixed-task batch padded whole is mostly padding (NLU: a third of its tokens are real)."""
+        batch = self.model.collate(examples, names)
+        pieces = min(self.spec.length_buckets, len(examples))
+        if pieces == 1:
+            return [batch]
+        lengths = batch["inputs"]["attention_mask"].sum(-1).tolist()
+        order = sorted(range(len(examples)), key=lengths.__getitem__)
+        size, extra = divmod(len(order), pieces)  # near-equal contiguous parts, as numpy's array_split
+        bounds = [k * size + min(k, extra) for k in range(pieces + 1)]
+        return [self.model.collate([examples[i] for i in order[a:b]], [names[i] for i in order[a:b]])
+                for a, b in zip(bounds, bounds[1:])]
 
     def _step(self, model, batches: list[dict], params: list, state: TrainerState) -> tuple[float, float]:
         """Forward and backward over the micro-batches, then clipping; (mean loss, gradient norm).
