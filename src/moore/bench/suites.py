@@ -235,9 +235,10 @@ def _nlu_mtl(quick: bool) -> Suite:
 SUITES.update({s.name: s for s in (_nlu_mtl(False), _nlu_mtl(True))})
 
 
-def _csr_mtl() -> Suite:
+def _csr_mtl(quick: bool) -> Suite:
     """The decoder benchmark with a signal (issue: CSR on SmolLM2 where the base model is above
-    chance): the options' own texts scored as lm-evaluation-harness does, trained to convergence."""
+    chance): the options' own texts scored as lm-evaluation-harness does, trained to convergence.
+    ``quick``: the same protocol on a few examples and steps, three methods, for a smoke test."""
     tasks = [{"name": n, "answer_format": "text", "max_train": 2000, "max_validation": 200}
              for n in ("arc-c", "arc-e", "boolq", "obqa")]
     methods = {**compared_methods(_MOORE_CSR, 4),
@@ -247,15 +248,23 @@ def _csr_mtl() -> Suite:
                   tuned_methods=("moore-L8", "lora", "full"), convergence={"full": 3e-5, REFERENCE: 3e-4},
                   convergence_steps=800, eval_every=100, seeds=(0,), reflection_factors=(),
                   bf16_phases=("precision", "seed"))
+    zero_shot = [{"name": "wikitext2", "max_eval": 200}, {"name": "sst2", "max_eval": 200},
+                 {"name": "rte", "max_eval": 200}]
+    if quick:
+        tasks = [{**t, "max_train": 24, "max_validation": 8, "max_eval": 8} for t in tasks[:2]]
+        methods = {m: methods[m] for m in ("full", "lora", REFERENCE)}
+        study = replace(study, grids={FULL: (3e-5,), "adapter": (3e-4,)}, main_methods=(REFERENCE,),
+                        tuned_methods=(REFERENCE, "lora", "full"), convergence_steps=4, eval_every=2)
+        zero_shot = [{**z, "max_eval": 8} for z in zero_shot]
     return Suite(
-        name="csr-mtl",
-        title="CSR-MTL: SmolLM2-135M-Instruct on four commonsense tasks at once, answers as option texts",
+        name="csr-mtl-quick" if quick else "csr-mtl",
+        title="CSR-MTL: SmolLM2-135M-Instruct on four commonsense tasks at once, answers as option texts"
+              + (" (quick smoke test)" if quick else ""),
         config={"model": {"name_or_path": "smollm2", "max_length": 256}, "tasks": tasks,
                 "training": {"batch_size": 8, "schedule": "wsd", "warmup_steps": 0.06, "decay_steps": 0.2,
                              "mixing": "temperature", "temperature": 2.0, "log_every": 20, "keep_checkpoints": 1},
                 "evaluation": {"batch_size": 16, "split": "test", "scoring": "loglik", "track_zero_shot": True,
-                               "zero_shot": [{"name": "wikitext2", "max_eval": 200}, {"name": "sst2", "max_eval": 200},
-                                             {"name": "rte", "max_eval": 200}]}},
+                               "zero_shot": zero_shot}},
         methods=methods,
         routing_layer="model.layers.15.self_attn.q_proj",
         efficiency={"batch_size": 4, "length": 128},
@@ -271,7 +280,7 @@ def _csr_mtl() -> Suite:
     )
 
 
-SUITES["csr-mtl"] = _csr_mtl()
+SUITES.update({s.name: s for s in (_csr_mtl(False), _csr_mtl(True))})
 
 
 def lr_text(value: float) -> str:
