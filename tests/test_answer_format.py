@@ -109,3 +109,33 @@ def test_options_read_after_a_cached_prompt_score_as_whole_sequences(arch):
     model.strategy.__dict__["caches"] = False  # the plain path: one sequence per option
     whole = model.strategy.option_logliks(task, examples, 1, 4, False)
     np.testing.assert_allclose(np.array(cached), np.array(whole), rtol=1e-5, atol=1e-4)
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}[user] {{ m['content'] }} [end]{% endfor %}"
+                 "{% if add_generation_prompt %}[bot] {% endif %}")
+
+
+def test_chat_format_puts_the_prompt_in_the_users_turn(tmp_path):
+    """chat: true (registered or file tasks) wraps the prompt in the tokenizer's chat template; the
+    answer follows the assistant's opening and carries the loss; a tokenizer without a template is refused."""
+    torch.manual_seed(0)
+    spec = TaskSpec(name="sst2", chat=True)
+    task = spec.build()
+    assert task.chat and not TaskSpec(name="sst2").build().chat
+    model = MultiTaskModel.build(ModelSpec(name_or_path=str(save_tiny_decoder(tmp_path / "m")), max_length=64),
+                                 LoraConfig(num_tasks=1, r=2), [task], task_specs=[spec])
+    example = {"text": "a zorp is lovely", "label": 1}
+    with pytest.raises(ValueError, match="no chat template"):
+        model.strategy.prompt_ids(task, example)
+    model.tokenizer.chat_template = CHAT_TEMPLATE
+    turn = "[user] " + task.template.format(**example).strip() + " [end][bot] "
+    expected = model.tokenizer(turn, add_special_tokens=False)["input_ids"]
+    assert model.strategy.prompt_ids(task, example) == expected
+    ids, labels = model.strategy.sequence(task, example)
+    answer = model.tokenizer("positive", add_special_tokens=False)["input_ids"] + [model.tokenizer.eos_token_id]
+    assert ids == expected + answer and labels == [-100] * len(expected) + answer
+    scores = model.evaluate(task, [example, {**example, "label": 0}], batch_size=2)
+    assert set(scores) == {"accuracy"}
+    custom = TaskSpec(name="mine", files={"test": "x.jsonl"}, kind="classification", metrics=["accuracy"],
+                      label_names=["no", "yes"], template="{text}?", chat=True).build()
+    assert custom.chat

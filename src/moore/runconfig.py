@@ -6,6 +6,8 @@ with the key's path; missing data files are reported by ``check_data`` before an
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -68,6 +70,8 @@ class TaskSpec(_Strict):
     answer_format: Literal["label", "text"] = Field("label", description="registered multiple-choice tasks in "
                                                     "LLM-Adapters' format: label (answer1.., true/false, the paper's) or "
                                                     "text (the options' own texts, scored as lm-evaluation-harness does)")
+    chat: bool = Field(False, description="decoders: the prompt as the user's turn of the tokenizer's chat template "
+                       "and the answer as the assistant's reply (instruct models)")
 
     @field_validator("files")
     @classmethod
@@ -107,7 +111,8 @@ class TaskSpec(_Strict):
     def build(self, base_dir: Path | None = None) -> Task:
         if self.files is None:
             task = get_task(self.name)
-            return task.with_text_answers() if self.answer_format == "text" else task
+            task = task.with_text_answers() if self.answer_format == "text" else task
+            return dataclasses.replace(task, chat=True) if self.chat else task
         files = {s: (str(_resolve(p, base_dir)),) for s, p in self.files.items()}
         holdout = "validation" if "validation" not in files and "train" in files else None
         return Task(
@@ -115,7 +120,7 @@ class TaskSpec(_Strict):
             read_jsonl(self.text_field, self.text_pair_field, self.label_field, self.kind,
                        tuple(self.label_names or ()), self.options_field),
             label_names=tuple(self.label_names or ()), template=self.template, answer_prefix=self.answer_prefix,
-            holdout=holdout, description=f"{self.name}: user task from JSONL",
+            holdout=holdout, description=f"{self.name}: user task from JSONL", chat=self.chat,
         )
 
 

@@ -65,6 +65,7 @@ class Task:
     holdout: str | None = None  # split carved out of train when the data has none: "validation"
     description: str = ""
     as_text: Callable[[Example], Example] | None = None  # the example with its options' texts as answers
+    chat: bool = False  # decoders: the prompt as the user's turn of the tokenizer's chat template
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

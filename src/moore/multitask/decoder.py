@@ -46,6 +46,21 @@ class DecoderTasks:
             return example["prompt"]
         return task.template.format(**example)
 
+    def prompt_ids(self, task: Task, example: Example) -> list[int]:
+        """The prompt's token ids; with ``task.chat``, the prompt is the user's turn of the tokenizer's
+        chat template and the answer the assistant's reply (instruct models answer far better so:
+        SmolLM2-135M-Instruct on SST-2, 55% plain against 74% in its chat format)."""
+        text = self.prompt(task, example)
+        if not task.chat:
+            return self.ids(text, True)
+        tokenizer = self.model.tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"task {task.name!r} asks for the chat format (chat: true), but the model's tokenizer "
+                             "has no chat template")
+        turn = tokenizer.apply_chat_template([{"role": "user", "content": text.strip()}], tokenize=False,
+                                             add_generation_prompt=True)
+        return self.ids(turn, False)  # the template writes its own special tokens
+
     def options(self, task: Task, example: Example) -> list[str]:
         return list(example["options"]) if task.kind == "multiple_choice" else list(task.label_names)
 
@@ -60,7 +75,7 @@ class DecoderTasks:
             ids = (self.ids(example["text"], True) + eos)[:max_length]
             return ids, list(ids)
         answer = self.ids(task.answer_prefix + self.options(task, example)[example["label"]], False) + eos
-        prompt = self.ids(self.prompt(task, example), True)
+        prompt = self.prompt_ids(task, example)
         prompt = prompt[max(0, len(prompt) + len(answer) - max_length):]  # cut the prompt's start, never the answer
         return prompt + answer, [-100] * len(prompt) + answer
 
@@ -68,7 +83,7 @@ class DecoderTasks:
         """The prompts of examples (the text, for language modelling): what the task classifier sees."""
         m = self.model
         ids = [(self.ids(e["text"], True) if task.kind == "language_modeling" else
-                self.ids(self.prompt(task, e), True))[-m.max_length:] for e in examples]
+                self.prompt_ids(task, e))[-m.max_length:] for e in examples]
         return {"input_ids": pad(ids, m.tokenizer.pad_token_id), "attention_mask": pad([[1] * len(i) for i in ids], 0)}
 
     # --- batches and the loss ------------------------------------------------------------------
@@ -132,7 +147,7 @@ class DecoderTasks:
         scores: dict[int, dict[int, float]] = {}
         by_text = []  # examples whose options differ beyond their last token
         for i, example in enumerate(examples):
-            prompt = self.ids(self.prompt(task, example), True)
+            prompt = self.prompt_ids(task, example)
             answers = [self.ids(task.answer_prefix + o, False) for o in self.options(task, example)]
             shared = _common_prefix(answers)
             if all(len(a) == shared + 1 for a in answers):
@@ -233,7 +248,7 @@ class DecoderTasks:
         """Greedy generation, then the first option the answer names (LLM-Adapters' extraction)."""
         m, out = self.model, []
         for chunk in chunks(list(examples), batch_size, progress, task.name):
-            prompts = [self.ids(self.prompt(task, e), True)[-m.max_length:] for e in chunk]
+            prompts = [self.prompt_ids(task, e)[-m.max_length:] for e in chunk]
             input_ids = pad(prompts, m.tokenizer.pad_token_id, left=True).to(m.device)
             mask = pad([[1] * len(p) for p in prompts], 0, left=True).to(m.device)
             generated = m.adapted.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
