@@ -4,6 +4,7 @@ LLM-Adapters' label format, and accuracy / accuracy_norm from one scoring pass."
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,7 @@ def test_options_read_after_a_cached_prompt_score_as_whole_sequences(arch):
     np.testing.assert_allclose(np.array(cached), np.array(whole), rtol=1e-5, atol=1e-4)
 
 
-CHAT_TEMPLATE = ("{% for m in messages %}[user] {{ m['content'] }} [end]{% endfor %}"
+CHAT_TEMPLATE = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} [end]{% endfor %}"
                  "{% if add_generation_prompt %}[bot] {% endif %}")
 
 
@@ -136,6 +137,12 @@ def test_chat_format_puts_the_prompt_in_the_users_turn(tmp_path):
     assert ids == expected + answer and labels == [-100] * len(expected) + answer
     scores = model.evaluate(task, [example, {**example, "label": 0}], batch_size=2)
     assert set(scores) == {"accuracy"}
+    spec = TaskSpec(name="sst2", chat=True, system_prompt="Be brief.")
+    with_system = replace(task, system_prompt=spec.build().system_prompt)
+    system = model.tokenizer("[system] Be brief. [end]" + turn, add_special_tokens=False)["input_ids"]
+    assert model.strategy.prompt_ids(with_system, example) == system
+    with pytest.raises(ValueError, match="chat: true only"):
+        TaskSpec(name="sst2", system_prompt="Be brief.")
     custom = TaskSpec(name="mine", files={"test": "x.jsonl"}, kind="classification", metrics=["accuracy"],
                       label_names=["no", "yes"], template="{text}?", chat=True).build()
     assert custom.chat

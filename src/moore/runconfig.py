@@ -72,6 +72,8 @@ class TaskSpec(_Strict):
                                                     "text (the options' own texts, scored as lm-evaluation-harness does)")
     chat: bool = Field(False, description="decoders: the prompt as the user's turn of the tokenizer's chat template "
                        "and the answer as the assistant's reply (instruct models)")
+    system_prompt: str | None = Field(None, description="with chat: the system turn's text (default: whatever "
+                                      "the chat template writes without one)")
 
     @field_validator("files")
     @classmethod
@@ -86,6 +88,8 @@ class TaskSpec(_Strict):
 
     @model_validator(mode="after")
     def _custom(self):
+        if self.system_prompt is not None and not self.chat:
+            raise ValueError(f"task {self.name!r}: system_prompt applies with chat: true only")
         if self.files is None:
             get_task(self.name)  # a registered task; raises with the known names
             custom = {"kind", "metrics", "label_names", "template", "options_field", "text_pair_field"}
@@ -112,7 +116,7 @@ class TaskSpec(_Strict):
         if self.files is None:
             task = get_task(self.name)
             task = task.with_text_answers() if self.answer_format == "text" else task
-            return dataclasses.replace(task, chat=True) if self.chat else task
+            return dataclasses.replace(task, chat=True, system_prompt=self.system_prompt) if self.chat else task
         files = {s: (str(_resolve(p, base_dir)),) for s, p in self.files.items()}
         holdout = "validation" if "validation" not in files and "train" in files else None
         return Task(
@@ -121,6 +125,7 @@ class TaskSpec(_Strict):
                        tuple(self.label_names or ()), self.options_field),
             label_names=tuple(self.label_names or ()), template=self.template, answer_prefix=self.answer_prefix,
             holdout=holdout, description=f"{self.name}: user task from JSONL", chat=self.chat,
+            system_prompt=self.system_prompt,
         )
 
 

@@ -66,6 +66,7 @@ class Task:
     description: str = ""
     as_text: Callable[[Example], Example] | None = None  # the example with its options' texts as answers
     chat: bool = False  # decoders: the prompt as the user's turn of the tokenizer's chat template
+    system_prompt: str | None = None  # with chat: the system turn (None: the template's default)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -57,7 +57,8 @@ class DecoderTasks:
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(f"task {task.name!r} asks for the chat format (chat: true), but the model's tokenizer "
                              "has no chat template")
-        turn = tokenizer.apply_chat_template([{"role": "user", "content": text.strip()}], tokenize=False,
+        system = [{"role": "system", "content": task.system_prompt}] if task.system_prompt is not None else []
+        turn = tokenizer.apply_chat_template([*system, {"role": "user", "content": text.strip()}], tokenize=False,
                                              add_generation_prompt=True)
         return self.ids(turn, False)  # the template writes its own special tokens
 
