@@ -198,3 +198,18 @@ def test_the_quick_csr_study_runs_end_to_end(tmp_path):
     assert record["bf16"] and all(c["zero_shot"].get("wikitext2") for c in record["curve"])
     report = (tmp_path / "res" / "REPORT.md").read_text()
     assert "## Each method against the base model" in report and "## Oblivion over training steps" in report
+
+
+def test_curves_after_convergence_are_taken_every_curve_every_steps(tmp_path):
+    from moore.bench.study import RunSpec, run_config
+
+    csr = SUITES["csr-mtl"]
+    assert csr.study.curve_every and csr.study.curve_every != csr.study.eval_every
+    converge = run_config(csr, RunSpec("convergence~lora", "convergence", "lora", 1e-3, steps=800), {}, tmp_path)
+    seed = run_config(csr, RunSpec("seed~lora~s0", "seed", "lora", 1e-3, steps=800), {}, tmp_path)
+    assert converge["training"]["eval_every"] == csr.study.eval_every
+    assert seed["training"]["eval_every"] == seed["training"]["save_every"] == csr.study.curve_every
+    short = run_config(csr, RunSpec("grid~lora~lr1e-3", "grid", "lora", 1e-3, steps=50), {}, tmp_path)
+    assert short["training"]["eval_every"] == 50  # never past the run's end
+    nlu = run_config(SUITE, RunSpec("seed~lora~s0", "seed", "lora", 1e-3, steps=800), {}, tmp_path)
+    assert nlu["training"]["eval_every"] == SUITE.study.eval_every  # no curve_every: eval_every throughout

@@ -183,8 +183,10 @@ def run_config(suite: Suite, spec: RunSpec, adapter: dict, runs_dir: Path) -> di
     training.update(lr=spec.lr, seed=spec.seed, steps=spec.steps, param_lrs=dict(spec.param_lrs), bf16=spec.bf16)
     if spec.length_buckets > 1:  # written only where used: runs from before the option resume unchanged
         training.update(length_buckets=spec.length_buckets)
-    training.update(eval_every=max(1, min(suite.study.eval_every, spec.steps)),
-                    save_every=max(1, min(suite.study.eval_every, spec.steps)))
+    every = suite.study.eval_every
+    if spec.phase != "convergence" and suite.study.curve_every:
+        every = suite.study.curve_every
+    training.update(eval_every=max(1, min(every, spec.steps)), save_every=max(1, min(every, spec.steps)))
     if spec.schedule:
         training.update(schedule=spec.schedule, warmup_steps=0)
     data["output_dir"] = str(runs_dir / suite.name / spec.name)

@@ -323,6 +323,8 @@ def _protocol(suite: Suite) -> str:
     if study.single_methods:
         text += (f" (4) Single-task runs of {', '.join(study.single_methods)}: one adapter per task, with the steps "
                  "that task got in the mixture.")
+    if study.curve_every:
+        text += f" After the convergence runs, validation and zero-shot curves are taken every {study.curve_every} steps."
     if study.bf16_phases:
         text += f" Phases trained in bf16 autocast (evaluation in fp32): {', '.join(study.bf16_phases)}."
     if study.length_buckets > 1:

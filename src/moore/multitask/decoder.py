@@ -199,8 +199,9 @@ class DecoderTasks:
         routing = task_ids_tensor(task_id, len(chunk), device)
         if isinstance(routing, str):  # "infer": from the prompt alone, the same mixture for its options
             routing = m.adapted.infer_task_weights(input_ids=input_ids, attention_mask=mask)
+        keep = {"logits_to_keep": 1} if self.keeps_logits else {}  # only the last position's logits are read
         first = m.adapted(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
-                          task_ids=routing, use_cache=True)
+                          task_ids=routing, use_cache=True, **keep)
         first_logp = first.logits[:, -1].float().log_softmax(-1)  # (B, V): each option's first token
         rows = [(b, k) for b, (_, _, answers) in enumerate(chunk) for k in range(len(answers))]
         index = torch.tensor([b for b, _ in rows], device=device)
