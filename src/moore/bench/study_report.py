@@ -386,8 +386,11 @@ def _precision(suite: Suite, runs: dict) -> list[str]:
                      f"{r['train_seconds'] / r['steps']:.3f} |")
     delta = twin["average"] - fp32["average"]
     lines += ["", f"bf16 − fp32 on the test average: {100 * delta:+.2f} points. The seed and single-task phases "
-              f"train in bf16 ({', '.join(suite.study.bf16_phases)}); the convergence and grid runs in fp32.", ""]
-    return lines
+              f"train in bf16 ({', '.join(suite.study.bf16_phases)}); the convergence and grid runs in fp32."]
+    if fp32["device"] != twin["device"]:  # kernels differ between devices: the gap is not precision's alone
+        lines[-1] += (f" The two ran on different devices ({fp32['device']}, {twin['device']}), so the difference "
+                      "holds the device's numerics as well as the precision's; the speeds are not comparable.")
+    return lines + [""]
 
 
 def _scores(suite: Suite, chosen: dict, tasks: list[str], zero_names: list[str], base: dict | None) -> list[str]:
