@@ -239,6 +239,54 @@ def test_scoring_in_length_order_keeps_each_examples_prediction(world, ragged):
     assert np.allclose(together, alone, atol=1e-5)
 
 
+def test_one_scoring_pass_gives_the_metrics_and_the_predictions(world):
+    """evaluate_tasks fills ``predictions`` from the pass that gave the metrics: the same as predict()."""
+    from moore.evaluation import evaluate_tasks
+
+    model, tasks = _model(world, "decoder", ["mood", "pick", "text"])
+    data = {t.name: (t, t.load(None, "test")[:6]) for t in tasks}
+    predictions: dict = {}
+    scores = evaluate_tasks(model, data, batch_size=4, predictions=predictions)
+    assert set(predictions) == {"mood", "pick"}  # language modelling has a perplexity, no predictions
+    for name in predictions:
+        task, examples = data[name]
+        assert predictions[name] == model.predict(task, examples, batch_size=4)
+        right = np.mean([p == e["label"] for p, e in zip(predictions[name], examples)])
+        assert scores[name]["accuracy"] == pytest.approx(right)
+
+
+def test_bf16_scoring_runs_the_layers_in_bf16(world):
+    """evaluation.bf16: the forward passes of scoring run under bf16 autocast; without it, in fp32."""
+    from moore.evaluation import evaluate_tasks
+
+    model, tasks = _model(world, "decoder", ["mood", "pick"])
+    seen = []
+    layer = next(m for m in model.adapted.modules() if isinstance(m, torch.nn.Linear))
+    handle = layer.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    data = {t.name: (t, t.load(None, "test")[:4]) for t in tasks}
+    fp32 = evaluate_tasks(model, data, batch_size=4)
+    assert set(seen) == {torch.float32}
+    seen.clear()
+    bf16 = evaluate_tasks(model, data, batch_size=4, bf16=True)
+    handle.remove()
+    assert set(seen) == {torch.bfloat16} and set(bf16) == set(fp32)
+
+
+def test_every_seed_scores_the_same_test_subset(world, tmp_path):
+    from moore.training import Trainer
+
+    subsets = []
+    for seed in (0, 1):
+        data = run_config(world["decoder"], world["files"], ["mood", "pick"], tmp_path / f"s{seed}", seed=seed)
+        data["tasks"] = [{**t, "max_eval": 5, "max_train": 20} for t in data["tasks"]]
+        trainer = Trainer(load_run_config(data=data), progress=False)
+        trainer._load_data()  # what run() reads first
+        subsets.append(({n: [str(e) for e in ex] for n, (_, ex) in trainer.test_data.items()},
+                        {n: [str(e) for e in ex] for n, ex in trainer.train_data.items()}))
+    assert subsets[0][0] == subsets[1][0]  # test: fixed whatever the seed, so runs pair up example by example
+    assert subsets[0][1] != subsets[1][1]  # train: a subset of its own per seed
+
+
 def test_decoder_training_with_checkpointing_and_bf16(world, tmp_path):
     data = run_config(world["decoder"], world["files"], ["mood", "pick", "text"], tmp_path / "dec", steps=4,
                       gradient_checkpointing=True, bf16=True, eval_every=2)

@@ -214,6 +214,7 @@ def evaluate(
     max_new_tokens: Annotated[int, typer.Option()] = 16,
     routing: Annotated[str, typer.Option(help="own (each task its id), infer (the task classifier's mixture), "
                                               "unseen (the mean task embedding)")] = "own",
+    bf16: Annotated[bool, typer.Option("--bf16", help="score in bf16 autocast (GPU, or CPU with AVX-512 BF16)")] = False,
     output: Annotated[Optional[Path], typer.Option("--json", help="also write the scores to this JSON file")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -252,11 +253,12 @@ def evaluate(
         zs_data = {t.name: (t, t.load(data_dir, split, limit=max_eval)) for t in extra}
         model = MultiTaskModel.load(directory, all_tasks)
         results = evaluate_tasks(model, data, batch_size=batch_size, scoring=scoring, max_new_tokens=max_new_tokens,
-                                 task_id={"own": "own", "infer": "infer", "unseen": None}[routing], progress=True)
+                                 task_id={"own": "own", "infer": "infer", "unseen": None}[routing], progress=True,
+                                 bf16=bf16)
         zs = {}
         if extra:
             zs = evaluate_tasks(model, zs_data, batch_size=batch_size, scoring=scoring,
-                                max_new_tokens=max_new_tokens, task_id=None, progress=True)
+                                max_new_tokens=max_new_tokens, task_id=None, progress=True, bf16=bf16)
     typer.echo(f"{directory} — {split} split" + ("" if routing == "own" else f", routing: {routing}") + "\n")
     typer.echo(scores_table({"score": results}, selected))
     if zs:

@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from .data.metrics import LOWER_IS_BETTER
 from .data.tasks import Example, Task
 from .multitask import MultiTaskModel
@@ -13,16 +15,23 @@ from .multitask import MultiTaskModel
 
 def evaluate_tasks(model: MultiTaskModel, data: dict[str, tuple[Task, list[Example]]], *, batch_size: int = 32,
                    scoring: str = "loglik", max_new_tokens: int = 16, task_id="own",
-                   progress: bool = False) -> dict[str, dict[str, float]]:
+                   progress: bool = False, predictions: dict[str, list] | None = None,
+                   bf16: bool = False) -> dict[str, dict[str, float]]:
     """{task: {metric: value}} for each (task, examples) in ``data``. ``task_id="own"`` routes each
-    task by its own id; ``None`` scores with the unseen-task (mean) embedding (zero-shot)."""
+    task by its own id; ``None`` scores with the unseen-task (mean) embedding (zero-shot). Pass a
+    dict as ``predictions`` to have it filled with each task's predictions from the same pass.
+    ``bf16``: in bf16 autocast (log-probabilities still taken in float32)."""
     results = {}
     for name, (task, examples) in data.items():
         how = scoring
         if task_id in (None, "infer") and task.kind == "regression" and model.kind == "encoder" and name not in model.heads:
             how = "similarity"  # no head for it: cosine of the two texts' encodings, as sentence encoders are scored
-        results[name] = model.evaluate(task, examples, batch_size=batch_size, scoring=how,
-                                       max_new_tokens=max_new_tokens, task_id=task_id, progress=progress)
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            results[name], predicted = model.evaluate_and_predict(task, examples, batch_size=batch_size, scoring=how,
+                                                                  max_new_tokens=max_new_tokens, task_id=task_id,
+                                                                  progress=progress)
+        if predictions is not None and predicted is not None:
+            predictions[name] = predicted
     return results
 
 

@@ -176,6 +176,8 @@ class EvaluationSpec(_Strict):
                                       description="tasks scored with the unseen-task (mean) embedding, not trained")
     track_zero_shot: bool = Field(False, description="also score the zero-shot tasks (validation split) at every "
                                                      "evaluation: forgetting against training steps")
+    bf16: bool = Field(False, description="score in bf16 autocast (a GPU, or a CPU with AVX-512 BF16): SmolLM2's "
+                       "option scoring runs 2.7x faster on such a CPU, with the same picks on 96 of 96 ARC-E questions")
 
 
 class RunConfig(_Strict):

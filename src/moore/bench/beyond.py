@@ -74,6 +74,10 @@ def _evaluation(suite: Suite) -> tuple[int, str, list[dict]]:
     return ev.get("batch_size", 32), ev.get("split", "test"), ev.get("zero_shot", [])
 
 
+def _bf16(suite: Suite) -> bool:
+    return bool(suite.config["evaluation"].get("bf16"))
+
+
 def _task_free(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | None, device: str | None) -> dict:
     folder = Path(runs_dir) / suite.name / f"seed~{REFERENCE}~s{spec.seed}" / "final"
     _, specs = MultiTaskModel.read_specs(folder)
@@ -83,7 +87,7 @@ def _task_free(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | Non
     limits = {s.name: s.max_train for s in specs}
     sizes = {s.name: s.max_eval for s in specs}  # the suite's test subsets (None: in full), as the runs scored
     train = {t.name: t.load(data_dir, "train", limit=limits[t.name], seed=spec.seed) for t in tasks}
-    test = {t.name: (t, t.load(data_dir, split, limit=sizes[t.name], seed=spec.seed)) for t in tasks}
+    test = {t.name: (t, t.load(data_dir, split, limit=sizes[t.name], seed=0)) for t in tasks}  # as the runs scored
     zero_tasks = [TaskSpec.model_validate(z).build() for z in zero]
     zero_data = {t.name: (t, t.load(data_dir, split, limit=z.get("max_eval"))) for t, z in zip(zero_tasks, zero)}
     started = time.time()
@@ -91,8 +95,9 @@ def _task_free(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | Non
     seconds = time.time() - started
     identification = model.task_identification({n: examples for n, (_, examples) in test.items()},
                                                max_per_task=10**9)
-    scores = {r: evaluate_tasks(model, test, batch_size=batch_size, task_id=tid) for r, tid in ROUTINGS.items()}
-    zero_shot = {r: evaluate_tasks(model, zero_data, batch_size=batch_size, task_id=ROUTINGS[r])
+    scores = {r: evaluate_tasks(model, test, batch_size=batch_size, task_id=tid, bf16=_bf16(suite))
+              for r, tid in ROUTINGS.items()}
+    zero_shot = {r: evaluate_tasks(model, zero_data, batch_size=batch_size, task_id=ROUTINGS[r], bf16=_bf16(suite))
                  for r in ("infer", "unseen")}
     return {"tasks": [t.name for t in tasks], "classifier_train_accuracy": fitted, "identification": identification,
             "scores_by_routing": scores, "zero_shot_by_routing": zero_shot, "train_seconds": seconds}
@@ -118,7 +123,7 @@ def _added_task(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | No
     task_spec = TaskSpec.model_validate({**spec_data, "max_train": spec.max_train})
     task = task_spec.build()
     examples = task.load(data_dir, "train", limit=spec.max_train, seed=spec.seed)
-    test = {task.name: (task, task.load(data_dir, split, limit=task_spec.max_eval, seed=spec.seed))}
+    test = {task.name: (task, task.load(data_dir, split, limit=task_spec.max_eval, seed=0))}
     record: dict = {"added_task": task.name, "train_examples": len(examples), "train_seconds": 0.0}
     for variant in ("head_only", "row_and_head"):  # the mean-embedding baseline, then MoORE's new row
         model = MultiTaskModel.load(folder).to(device or "cpu")
@@ -139,7 +144,7 @@ def _added_task(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | No
         record["train_seconds"] += time.time() - started
         after = _outputs(model, probes)
         record[variant] = {
-            "scores": evaluate_tasks(model, test, batch_size=batch_size),
+            "scores": evaluate_tasks(model, test, batch_size=batch_size, bf16=_bf16(suite)),
             "old_tasks_bit_identical": all(torch.equal(before[n], after[n]) for n in before),
         }
     return record

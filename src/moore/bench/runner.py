@@ -77,7 +77,7 @@ def base_reference(suite_name: str, results_dir: Path, data_dir: Path | None) ->
 
     def score(chosen):
         return evaluate_tasks(model, {t.name: (t, t.load(data_dir, ev.split, limit=limits[t.name])) for t in chosen},
-                              batch_size=ev.batch_size, scoring=ev.scoring, task_id=None, progress=True)
+                              batch_size=ev.batch_size, scoring=ev.scoring, task_id=None, progress=True, bf16=ev.bf16)
 
     # a decoder can be scored on the suite's own tasks before any training; an encoder's heads cannot
     scores = score(tasks) if model.kind == "decoder" else {}

@@ -221,8 +221,12 @@ def execute(suite_name: str, name: str, results_dir: Path, runs_dir: Path, data_
     results = trainer.run(resume=True)
     seconds = time.time() - start
     model = trainer.model
-    predictions = {t: model.predict(task, examples, batch_size=config.evaluation.batch_size)
-                   for t, (task, examples) in trainer.test_data.items()}
+    predictions = trainer.test_predictions  # from the final test pass (empty where the run had finished before)
+    ev = config.evaluation
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=ev.bf16):
+        predictions = {t: predictions.get(t) or model.predict(task, examples, batch_size=ev.batch_size,
+                                                              scoring=ev.scoring)
+                       for t, (task, examples) in trainer.test_data.items()}
     zero_shot_metric = {t.name: t.metric for t in trainer.zero_shot}
     curve = [{"step": r["step"], "average": r.get("average"),
               "scores": {t: s.get(trainer.eval_data[t][0].metric) for t, s in r["eval"].items()},
@@ -265,12 +269,11 @@ def _execute_base(suite: Suite, results_dir: Path, data_dir: Path | None, device
     limits = {s.name: s.max_eval for s in [*config.tasks, *ev.zero_shot]}
     test = {t.name: (t, t.load(data_dir, ev.split, limit=limits[t.name], seed=0)) for t in tasks}
     zero_data = {t.name: (t, t.load(data_dir, ev.split, limit=limits[t.name], seed=0)) for t in zero}
-    kwargs = dict(batch_size=ev.batch_size, scoring=ev.scoring, max_new_tokens=ev.max_new_tokens, task_id=None)
+    kwargs = dict(batch_size=ev.batch_size, scoring=ev.scoring, max_new_tokens=ev.max_new_tokens, task_id=None,
+                  bf16=ev.bf16)
     scores, predictions = {}, {}
     if model.kind == "decoder":  # the LoRA's B is zero at init: these are the base model's own answers
-        scores = evaluate_tasks(model, test, **kwargs)
-        predictions = {n: model.predict(t, examples, batch_size=ev.batch_size, scoring=ev.scoring, task_id=None)
-                       for n, (t, examples) in test.items()}
+        scores = evaluate_tasks(model, test, **kwargs, predictions=predictions)
     record = {
         "suite": suite.name, "name": "base", "phase": "base", "method": "base", "lr": 0.0, "seed": 0, "steps": 0,
         "tasks": [t.name for t in tasks], "scores": scores,

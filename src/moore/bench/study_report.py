@@ -326,7 +326,9 @@ def _protocol(suite: Suite) -> str:
     if study.curve_every:
         text += f" After the convergence runs, validation and zero-shot curves are taken every {study.curve_every} steps."
     if study.bf16_phases:
-        text += f" Phases trained in bf16 autocast (evaluation in fp32): {', '.join(study.bf16_phases)}."
+        text += f" Phases trained in bf16 autocast: {', '.join(study.bf16_phases)}."
+    text += (" Every evaluation (validation, test, zero-shot) scores in bf16 autocast (`evaluation.bf16`)."
+             if suite.config["evaluation"].get("bf16") else " Every evaluation scores in fp32.")
     if study.length_buckets > 1:
         text += (f" In {', '.join(study.length_bucket_phases)}, each batch trains as {study.length_buckets} pieces of "
                  "similar token length (`training.length_buckets`): the same gradient with less padding, dropout "
@@ -378,7 +380,7 @@ def _precision(suite: Suite, runs: dict) -> list[str]:
     if fp32 is None:
         return []
     lines = ["## Precision: bf16 autocast against fp32", "",
-             f"{REFERENCE}'s winning grid run repeated with bf16 autocast in training (evaluation in fp32), same seed "
+             f"{REFERENCE}'s winning grid run repeated with bf16 autocast in training (evaluation as in every run), same seed "
              "and steps. The seed-to-seed spread of the scores table is the noise to read the difference against.",
              "", "| precision | device | validation average | test average | s / step (loop, with evaluations) |", "|---|---|---|---|---|"]
     for label, r in (("fp32", fp32), ("bf16", twin)):

@@ -181,21 +181,27 @@ class MultiTaskModel(nn.Module):
         """The task's metrics on ``examples``. ``task_id``: "own" (the task's id), an int, or None (an
         unseen task: the mean task embedding). ``scoring``: "loglik" or "generate" for decoders;
         "similarity" scores a regression task zero-shot by the cosine of the two texts' encodings."""
+        return self.evaluate_and_predict(task, examples, batch_size=batch_size, scoring=scoring,
+                                         max_new_tokens=max_new_tokens, task_id=task_id, progress=progress)[0]
+
+    @torch.no_grad()
+    def evaluate_and_predict(self, task: Task | str, examples: Sequence[Example], *, batch_size: int = 32,
+                             scoring: str = "loglik", max_new_tokens: int = 16, task_id: int | None | str = "own",
+                             progress: bool = False) -> tuple[dict[str, float], list | None]:
+        """``evaluate``'s metrics and the predictions they came from (what ``predict`` returns; None
+        for language modelling), from one scoring pass."""
         task = task if isinstance(task, Task) else self.tasks[self.task_id(task)]
         if task.kind == "language_modeling":
             tid = self.task_id(task.name) if task_id == "own" else task_id
             with self._evaluating():
-                return {"perplexity": self.strategy.perplexity(examples, tid, batch_size, progress)}
+                return {"perplexity": self.strategy.perplexity(examples, tid, batch_size, progress)}, None
         references = [e["label"] for e in examples]
         if "accuracy_norm" in task.metrics and self.kind == "decoder" and scoring == "loglik":
-            return self._option_accuracies(task, examples, references, batch_size, task_id, progress)
+            picks = self._option_picks(task, examples, batch_size, task_id, progress)
+            return {m: METRICS[m](picks[m], references) for m in task.metrics if m in picks}, picks[task.metric]
         predictions = self.predict(task, examples, batch_size=batch_size, scoring=scoring,
                                    max_new_tokens=max_new_tokens, task_id=task_id, progress=progress)
-        return {m: METRICS[m](predictions, references) for m in task.metrics if m in METRICS}
-
-    def _option_accuracies(self, task: Task, examples, references, batch_size: int, task_id, progress: bool) -> dict:
-        picks = self._option_picks(task, examples, batch_size, task_id, progress)
-        return {m: METRICS[m](picks[m], references) for m in task.metrics if m in picks}
+        return {m: METRICS[m](predictions, references) for m in task.metrics if m in METRICS}, predictions
 
     @torch.no_grad()
     def _option_picks(self, task: Task, examples, batch_size: int, task_id, progress: bool) -> dict[str, list[int]]:

@@ -87,11 +87,13 @@ class Trainer:
         self.eval_data = {t.name: (t, t.load(self.data_dir, "validation", seed=seed,
                                              limit=specs[t.name].max_validation or specs[t.name].max_eval))
                           for t in self.tasks}
+        # test subsets do not follow the run's seed: every seed scores the same examples, so runs pair up
         split = self.config.evaluation.split
-        self.test_data = {t.name: (t, t.load(self.data_dir, split, limit=specs[t.name].max_eval, seed=seed))
+        self.test_data = {t.name: (t, t.load(self.data_dir, split, limit=specs[t.name].max_eval, seed=0))
                           for t in self.tasks}
+        self.test_predictions: dict[str, list] = {}  # filled by the last stage's test scoring
         zs = {s.name: s for s in self.config.evaluation.zero_shot}
-        self.zero_shot_data = {t.name: (t, t.load(self.data_dir, split, limit=zs[t.name].max_eval, seed=seed))
+        self.zero_shot_data = {t.name: (t, t.load(self.data_dir, split, limit=zs[t.name].max_eval, seed=0))
                                for t in self.zero_shot}
         if self.config.evaluation.track_zero_shot:  # scored at every evaluation, on their validation split
             self.zero_shot_validation = {
@@ -355,16 +357,18 @@ class Trainer:
             raise self._diverged(state, f"the loss is {loss_mean} and the gradient norm {grad_norm}")
         return loss_mean, grad_norm
 
-    def _evaluate(self, data: dict, final: bool = False, task_id="own") -> dict:
+    def _evaluate(self, data: dict, final: bool = False, task_id="own", predictions: dict | None = None) -> dict:
         """Scores on rank 0, handed to every rank, so that all ranks take the same decisions. Under
-        FSDP every rank runs the same evaluation: a forward gathers each block from all of them."""
+        FSDP every rank runs the same evaluation: a forward gathers each block from all of them.
+        ``predictions`` (rank 0): filled with each task's predictions from the same pass."""
         results = {}
         if self.ctx.is_main or self.sharded:
             ev = self.config.evaluation
             with self._whole():
                 results = evaluate_tasks(self.model, data, batch_size=ev.batch_size, scoring=ev.scoring,
                                          max_new_tokens=ev.max_new_tokens, task_id=task_id,
-                                         progress=self.progress and final and self.ctx.is_main)
+                                         progress=self.progress and final and self.ctx.is_main, predictions=predictions,
+                                         bf16=ev.bf16)
         return self.ctx.broadcast_object(results)
 
     def _eval_and_keep_best(self, state: TrainerState, log: JsonlLog) -> None:
@@ -403,7 +407,8 @@ class Trainer:
             if self.ctx.is_main:
                 print(f"keep-best: restored the weights of step {state.best_step} "
                       f"(validation average {state.best_score:.4f})")
-        results = self._evaluate(self.test_data, final=True)
+        self.test_predictions = {}  # this stage's test predictions (rank 0), from the scoring pass below
+        results = self._evaluate(self.test_data, final=True, predictions=self.test_predictions)
         state.stage_results = state.stage_results[: state.stage] + [results]
         if self.ctx.is_main:
             log.log({"step": state.global_step, "stage": state.stage + 1, "split": self.config.evaluation.split,
