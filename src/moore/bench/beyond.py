@@ -69,13 +69,9 @@ def execute_beyond(suite: Suite, spec: RunSpec, runs: dict, results_dir: Path, r
     return record
 
 
-def _evaluation(suite: Suite) -> tuple[int, str, list[dict]]:
+def _evaluation(suite: Suite) -> tuple[int, str, list[dict], bool]:
     ev = suite.config["evaluation"]
-    return ev.get("batch_size", 32), ev.get("split", "test"), ev.get("zero_shot", [])
-
-
-def _bf16(suite: Suite) -> bool:
-    return bool(suite.config["evaluation"].get("bf16"))
+    return ev.get("batch_size", 32), ev.get("split", "test"), ev.get("zero_shot", []), bool(ev.get("bf16"))
 
 
 def _task_free(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | None, device: str | None) -> dict:
@@ -83,7 +79,7 @@ def _task_free(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | Non
     _, specs = MultiTaskModel.read_specs(folder)
     tasks = [s.build() for s in specs]
     model = MultiTaskModel.load(folder, tasks).to(device or "cpu")
-    batch_size, split, zero = _evaluation(suite)
+    batch_size, split, zero, bf16 = _evaluation(suite)
     limits = {s.name: s.max_train for s in specs}
     sizes = {s.name: s.max_eval for s in specs}  # the suite's test subsets (None: in full), as the runs scored
     train = {t.name: t.load(data_dir, "train", limit=limits[t.name], seed=spec.seed) for t in tasks}
@@ -95,9 +91,9 @@ def _task_free(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | Non
     seconds = time.time() - started
     identification = model.task_identification({n: examples for n, (_, examples) in test.items()},
                                                max_per_task=10**9)
-    scores = {r: evaluate_tasks(model, test, batch_size=batch_size, task_id=tid, bf16=_bf16(suite))
+    scores = {r: evaluate_tasks(model, test, batch_size=batch_size, task_id=tid, bf16=bf16)
               for r, tid in ROUTINGS.items()}
-    zero_shot = {r: evaluate_tasks(model, zero_data, batch_size=batch_size, task_id=ROUTINGS[r], bf16=_bf16(suite))
+    zero_shot = {r: evaluate_tasks(model, zero_data, batch_size=batch_size, task_id=ROUTINGS[r], bf16=bf16)
                  for r in ("infer", "unseen")}
     return {"tasks": [t.name for t in tasks], "classifier_train_accuracy": fitted, "identification": identification,
             "scores_by_routing": scores, "zero_shot_by_routing": zero_shot, "train_seconds": seconds}
@@ -118,7 +114,7 @@ def _outputs(model: MultiTaskModel, probes: dict[str, tuple]) -> dict[str, torch
 def _added_task(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | None, device: str | None) -> dict:
     study = suite.study
     folder = Path(runs_dir) / suite.name / f"heldout~{REFERENCE}~{study.added_task}" / "final"
-    batch_size, split, _ = _evaluation(suite)
+    batch_size, split, _, bf16 = _evaluation(suite)
     spec_data = next(t for t in suite.config["tasks"] if t["name"] == study.added_task)
     task_spec = TaskSpec.model_validate({**spec_data, "max_train": spec.max_train})
     task = task_spec.build()
@@ -144,7 +140,7 @@ def _added_task(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | No
         record["train_seconds"] += time.time() - started
         after = _outputs(model, probes)
         record[variant] = {
-            "scores": evaluate_tasks(model, test, batch_size=batch_size, bf16=_bf16(suite)),
+            "scores": evaluate_tasks(model, test, batch_size=batch_size, bf16=bf16),
             "old_tasks_bit_identical": all(torch.equal(before[n], after[n]) for n in before),
         }
     return record

@@ -196,6 +196,7 @@ def run_config(suite: Suite, spec: RunSpec, adapter: dict, runs_dir: Path) -> di
 def execute(suite_name: str, name: str, results_dir: Path, runs_dir: Path, data_dir: Path | None,
             device: str | None = None, progress: bool = False) -> dict:
     """Train and score one run of the study's plan; writes ``runs/NAME.json``."""
+    from ..evaluation import evaluate_tasks
     from ..hub import load_base_model
     from ..runconfig import load_run_config
     from ..training import Trainer
@@ -221,12 +222,11 @@ def execute(suite_name: str, name: str, results_dir: Path, runs_dir: Path, data_
     results = trainer.run(resume=True)
     seconds = time.time() - start
     model = trainer.model
-    predictions = trainer.test_predictions  # from the final test pass (empty where the run had finished before)
-    ev = config.evaluation
-    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=ev.bf16):
-        predictions = {t: predictions.get(t) or model.predict(task, examples, batch_size=ev.batch_size,
-                                                              scoring=ev.scoring)
-                       for t, (task, examples) in trainer.test_data.items()}
+    predictions = dict(trainer.test_predictions)  # from the final test pass
+    if not predictions:  # the run had finished before: score its test sets once more, as the trainer does
+        ev = config.evaluation
+        evaluate_tasks(model, trainer.test_data, batch_size=ev.batch_size, scoring=ev.scoring,
+                       max_new_tokens=ev.max_new_tokens, bf16=ev.bf16, predictions=predictions)
     zero_shot_metric = {t.name: t.metric for t in trainer.zero_shot}
     curve = [{"step": r["step"], "average": r.get("average"),
               "scores": {t: s.get(trainer.eval_data[t][0].metric) for t, s in r["eval"].items()},
