@@ -144,8 +144,32 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
     assert "| base model (no training) | – | 0 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 82.03 |" in report
     assert "## Each method against the base model: paired bootstrap" in report
     assert "## Adding a task to a trained MoORE" in report and "| 100 | 70.00 | 60.00 | 80.00 | yes |" in report
+    assert "## Oblivion: what the base model could do before" in report
+    assert "| base model (no training) | – | 82.03 | – |" in report and "| moore-L8 | 3 | 80.00 ± 0.00 | -2.03 |" in report
     for png in ("convergence.png", "conflict.png", "forgetting.png", "task_count.png"):
         assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_a_perplexity_probe_prints_as_it_is_and_the_report_shows_the_base_model_before_any_main_run(tmp_path):
+    """A perplexity is not a fraction: no ×100, and its change from the base model in its own units. Until the
+    main runs land, the scores table already shows what training has to beat."""
+    from moore.bench.study_report import _forgetting
+
+    suite = SUITES["csr-mtl"]
+    base = {"name": "base", "method": "base", "scores": {t: {"accuracy_norm": 0.4, "accuracy": 0.4}
+                                                          for t in ("arc-c", "arc-e", "boolq", "obqa")},
+            "average": 0.4, "zero_shot": {"wikitext2": {"perplexity": 34.0}, "sst2": {"accuracy": 0.6}},
+            "curve": [], "wall_seconds": 1.0, "train_seconds": 0.0, "device": "cpu", "machine": {"gpu": None}}
+    write_json(tmp_path / "runs" / "base.json", base)
+    report = write_study_report("csr-mtl", tmp_path).read_text()
+    assert "| base model (no training) | – | 0 | 40.00 | 40.00 | 40.00 | 40.00 | 40.00 | 34.00 | 60.00 |" in report
+    assert "zero-shot wikitext2 (perplexity) | zero-shot sst2 (accuracy ×100)" in report and "1 run done" in report
+    curve = [{"step": s, "average": 0.5, "zero_shot": {"wikitext2": 30.0 + s / 100, "sst2": 0.6}} for s in (100, 200)]
+    chosen = {"full": [{"zero_shot": {"wikitext2": {"perplexity": p}, "sst2": {"accuracy": 0.5}}, "curve": curve}
+                       for p in (36.0, 38.0)]}
+    lines = "\n".join(_forgetting(chosen, ["wikitext2", "sst2"], base, tmp_path))
+    assert "| full | 2 | 37.00 ± 1.41 | +3.00 | 50.00 ± 0.00 | -10.00 |" in lines
+    assert (tmp_path / "forgetting.png").stat().st_size > 1000
 
 
 REAL_DATA = Path(os.environ.get("MOORE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -197,7 +221,7 @@ def test_the_quick_csr_study_runs_end_to_end(tmp_path):
     record = json.loads((tmp_path / "res" / "runs" / "seed~moore-L8~s0.json").read_text())
     assert record["bf16"] and all(c["zero_shot"].get("wikitext2") for c in record["curve"])
     report = (tmp_path / "res" / "REPORT.md").read_text()
-    assert "## Each method against the base model" in report and "## Oblivion over training steps" in report
+    assert "## Each method against the base model" in report and "## Oblivion: what the base model could do before" in report
 
 
 def test_curves_after_convergence_are_taken_every_curve_every_steps(tmp_path):

@@ -17,15 +17,25 @@ from .suites import REFERENCE, Suite, get_suite, lr_text
 BOOTSTRAP = 1000
 
 
-def _pct(value) -> str:
-    return "–" if value is None else f"{100 * value:.2f}"
+def _pct(value, scale: float = 100) -> str:
+    return "–" if value is None else f"{scale * value:.2f}"
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], scale: float = 100) -> str:
     if not values:
         return "–"
-    mean = 100 * float(np.mean(values))
-    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {100 * float(np.std(values, ddof=1)):.2f}"
+    mean = scale * float(np.mean(values))
+    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {scale * float(np.std(values, ddof=1)):.2f}"
+
+
+def _scale(task: str) -> float:
+    """Scores print ×100; a perplexity prints as it is."""
+    return 1.0 if get_task(task).metric in LOWER_IS_BETTER else 100.0
+
+
+def _zero_label(task: str) -> str:
+    metric = get_task(task).metric
+    return f"zero-shot {task} ({metric}{'' if metric in LOWER_IS_BETTER else ' ×100'})"
 
 
 def _metric(record: dict, task: str) -> str:
@@ -111,7 +121,7 @@ def _curve_value(point: dict, key: str) -> float | None:
     if key == "average":
         return None if point.get("average") is None else 100 * point["average"]
     value = point.get("zero_shot", {}).get(key)
-    return None if value is None else 100 * value
+    return None if value is None else _scale(key) * value
 
 
 def _conflict_plot(path: Path, conflict: dict[str, dict[str, float]], tasks: list[str]) -> None:
@@ -149,7 +159,7 @@ def _task_count_plot(path: Path, curve: dict[str, dict[int, tuple]], zero: str) 
                    label=method)
     left.axhline(0, color="k", lw=0.8)
     left.set(xlabel="tasks trained together (K)", ylabel="multi − single (×100)", title="Conflict")
-    right.set(xlabel="tasks trained together (K)", ylabel=f"zero-shot {zero} ×100", title="Oblivion")
+    right.set(xlabel="tasks trained together (K)", ylabel=_zero_label(zero), title="Oblivion")
     for ax in (left, right):
         ax.set_xticks(sorted({k for points in curve.values() for k in points}))
     left.legend(fontsize=7)
@@ -188,13 +198,13 @@ def _task_count(suite: Suite, runs: dict, chosen: dict, zero_names: list[str], r
              f"Conflict: the mean over {', '.join(subset)} of (score trained with K tasks − score trained alone), "
              f"×100; each task sees the same examples at every K (its share of the full mixture). K = 1: the "
              f"single-task runs (conflict 0 by definition; oblivion the mean of their zero-shot {z}); K = "
-             f"{len(tasks)}: the main runs, mean over seeds. Zero-shot {z} ({get_task(z).metric} ×100, test split, "
-             "unseen-task embedding).", "",
+             f"{len(tasks)}: the main runs, mean over seeds. {_zero_label(z)}: test split, "
+             "unseen-task embedding.", "",
              "| method | K | conflict | zero-shot " + z + " |", "|---|---|---|---|"]
     for m, points in curve.items():
         for k in sorted(points):
             conflict, zero = points[k]
-            lines.append(f"| {m} | {k} | {100 * conflict:+.2f} | {_pct(zero)} |")
+            lines.append(f"| {m} | {k} | {100 * conflict:+.2f} | {_pct(zero, _scale(z))} |")
     return lines + ["", "![task count](task_count.png)", ""]
 
 
@@ -221,8 +231,8 @@ def _task_free(suite: Suite, runs: dict, results_dir: Path) -> list[str]:
     for z in zero:
         inferred = [_zero_shot({"zero_shot": rec["zero_shot_by_routing"]["infer"]}, z) for rec in records]
         mean = [_zero_shot({"zero_shot": rec["zero_shot_by_routing"]["unseen"]}, z) for rec in records]
-        lines += ["", f"Zero-shot {z} ({get_task(z).metric}): inferred mixture {_mean_std(inferred)}, mean embedding "
-                      f"{_mean_std(mean)}."]
+        lines += ["", f"Zero-shot {z} ({get_task(z).metric}): inferred mixture {_mean_std(inferred, _scale(z))}, "
+                      f"mean embedding {_mean_std(mean, _scale(z))}."]
     return lines + [""]
 
 
@@ -276,7 +286,7 @@ def write_study_report(suite_name: str, results_dir: Path) -> Path:
              f"reproduces with `moore bench {suite_name} --run NAME`.", "",
              f"**Data:** {suite.subsampling}", "", _protocol(suite), ""]
     if todo:
-        lines += [f"**Status: {len(runs)} runs done, {len(todo)} named by the plan so far still to run** (later phases "
+        lines += [f"**Status: {_count(len(runs), 'run')} done, {len(todo)} named by the plan so far still to run** (later phases "
                   f"are planned as earlier ones finish). Continue with `moore bench {suite_name} --workers N`; it "
                   "resumes per run.", ""]
     lines += _convergence(suite, runs, results_dir)
@@ -288,16 +298,19 @@ def write_study_report(suite_name: str, results_dir: Path) -> Path:
         lines += _significance(chosen, tasks)
         lines += _against_base(chosen, runs.get("base"), tasks)
         lines += _conflict(suite, runs, chosen, tasks, results_dir)
-        lines += _forgetting(chosen, zero_names, results_dir)
+        lines += _forgetting(chosen, zero_names, runs.get("base"), results_dir)
         lines += _task_count(suite, runs, chosen, zero_names, results_dir)
+    elif "base" in runs:  # until the main runs land: what training has to beat, and to keep
+        lines += _scores(suite, {}, tasks, zero_names, runs["base"])
     lines += _task_free(suite, runs, results_dir)
     lines += _added_task(suite, runs)
     cost = study_cost(runs) if runs else None
     if cost:
-        lines += ["## Cost", "", f"{cost['runs']} runs, {cost['hours']:.2f} hours of training loop in all, on "
+        lines += ["## Cost", "", f"{_count(cost['runs'], 'run')}, {cost['hours']:.2f} hours of training loop in all, on "
                   f"{', '.join(cost['devices'])} ({', '.join(cost['gpus'])}). Times per run are in the run files "
                   "(`train_seconds`, summed over resumes).", ""]
     path = results_dir / "REPORT.md"
+    path.parent.mkdir(parents=True, exist_ok=True)  # a study with no run yet still gets its report
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -395,22 +408,28 @@ def _precision(suite: Suite, runs: dict) -> list[str]:
     return lines + [""]
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _scores(suite: Suite, chosen: dict, tasks: list[str], zero_names: list[str], base: dict | None) -> list[str]:
     metrics = {spec["name"]: TaskSpec.model_validate(spec).build().metric for spec in suite.config["tasks"]}
     header = ("| method | seeds | #params (% of base) | " + " | ".join(f"{t} ({metrics[t]})" for t in tasks)
-              + " | average | " + " | ".join(f"zero-shot {z}" for z in zero_names) + " |")
-    lines = ["## Scores (test sets in full; mean ± std over seeds, ×100)", "", header,
+              + " | average | " + " | ".join(_zero_label(z) for z in zero_names) + " |")
+    sampled = any(spec.get("max_eval") for spec in suite.config["tasks"])
+    lines = [f"## Scores (test sets {'as sampled above' if sampled else 'in full'}; mean ± std over seeds, ×100)", "",
+             header,
              "|---|---|---|" + "---|" * (len(tasks) + 1 + len(zero_names))]
     if base is not None:  # an encoder's base row has no task scores: its heads would be untrained
         lines.append("| base model (no training) | – | 0 | " + " | ".join(_pct(_primary(base, t)) for t in tasks)
-                     + f" | {_pct(base['average'])} | " + " | ".join(_pct(_zero_shot(base, z)) for z in zero_names)
+                     + f" | {_pct(base['average'])} | " + " | ".join(_pct(_zero_shot(base, z), _scale(z)) for z in zero_names)
                      + " |")
     for m in suite.methods:
         if m not in chosen:
             continue
         rs = chosen[m]
         cells = [_mean_std([v for r in rs if (v := _primary(r, t)) is not None]) for t in tasks]
-        zero = [_mean_std([v for r in rs if (v := _zero_shot(r, z)) is not None]) for z in zero_names]
+        zero = [_mean_std([v for r in rs if (v := _zero_shot(r, z)) is not None], _scale(z)) for z in zero_names]
         lines.append(f"| {m} | {len(rs)} | {rs[0]['trainable_parameters']:,d} ({100 * rs[0]['share']:.2f}%) | "
                      + " | ".join(cells) + f" | {_mean_std([r['average'] for r in rs])} | " + " | ".join(zero) + " |")
     return lines + [""]
@@ -475,16 +494,57 @@ def _conflict(suite: Suite, runs: dict, chosen: dict, tasks: list[str], results_
     return lines + ["", "![conflict](conflict.png)", ""]
 
 
-def _forgetting(chosen: dict, zero_names: list[str], results_dir: Path) -> list[str]:
+def _forgetting(chosen: dict, zero_names: list[str], base: dict | None, results_dir: Path) -> list[str]:
+    """Oblivion: each zero-shot probe at the end (table, against the base model) and over steps (plot)."""
     if not zero_names:
         return []
-    z = zero_names[0]
-    curves = {m: rs[0]["curve"] for m, rs in chosen.items() if any(z in c.get("zero_shot", {}) for c in rs[0]["curve"])}
-    if not curves:
-        return []
-    _curves_plot(results_dir / "forgetting.png", curves, z, f"Oblivion: zero-shot {z} (validation) during training",
-                 f"{get_task(z).metric} ×100")
-    sign = "lower" if get_task(z).metric in LOWER_IS_BETTER else "higher"
-    return ["## Oblivion over training steps", "",
-            f"Zero-shot {z} ({get_task(z).metric}, validation split, unseen-task embedding) at every evaluation of "
-            f"each method's seed-0 run; {sign} is better.", "", "![forgetting](forgetting.png)", ""]
+    lines = ["## Oblivion: what the base model could do before", "",
+             "Zero-shot probes of tasks no method trains on, scored with the unseen-task embedding (the mean task "
+             "embedding; methods without task routing run as they are), on the test split at the end of training: "
+             "mean ± std over seeds, and the change from the base model. " + "; ".join(
+                 f"{z}: {'lower' if get_task(z).metric in LOWER_IS_BETTER else 'higher'} is better" for z in zero_names)
+             + ".", "",
+             "| method | seeds | " + " | ".join(f"{_zero_label(z)} | Δ {z}" for z in zero_names) + " |",
+             "|---|---|" + "---|---|" * len(zero_names)]
+    if base is not None:
+        lines.append("| base model (no training) | – | "
+                     + " | ".join(f"{_pct(_zero_shot(base, z), _scale(z))} | –" for z in zero_names) + " |")
+    for m, rs in chosen.items():
+        cells = []
+        for z in zero_names:
+            values = [v for r in rs if (v := _zero_shot(r, z)) is not None]
+            before = _zero_shot(base, z) if base is not None else None
+            delta = "–" if not values or before is None else f"{_scale(z) * (float(np.mean(values)) - before):+.2f}"
+            cells.append(f"{_mean_std(values, _scale(z))} | {delta}")
+        lines.append(f"| {m} | {len(rs)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    curves = {m: rs[0]["curve"] for m, rs in chosen.items()
+              if any(z in c.get("zero_shot", {}) for z in zero_names for c in rs[0]["curve"])}
+    if curves:
+        _forgetting_plot(results_dir / "forgetting.png", curves, zero_names, base)
+        lines += ["Over training: each probe on its validation split at every evaluation of each method's seed-0 run "
+                  "(dashed: the base model's test score).", "", "![forgetting](forgetting.png)", ""]
+    return lines
+
+
+def _forgetting_plot(path: Path, curves: dict[str, list[dict]], zero_names: list[str], base: dict | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(zero_names), figsize=(6 * len(zero_names), 3.6), squeeze=False)
+    for ax, z in zip(axes[0], zero_names):
+        for label, curve in curves.items():
+            points = [(c["step"], v) for c in curve if (v := _curve_value(c, z)) is not None]
+            if points:
+                ax.plot(*zip(*points), marker=".", label=label)
+        if base is not None and _zero_shot(base, z) is not None:
+            ax.axhline(_scale(z) * _zero_shot(base, z), color="k", ls="--", lw=1, label="base model")
+        ax.set(xlabel="optimizer step", ylabel=_zero_label(z), title=f"Oblivion: {z}")
+        if get_task(z).metric in LOWER_IS_BETTER:
+            ax.set_yscale("log")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
