@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,10 @@ def test_the_plan_unfolds_phase_by_phase():
     precision = specs["precision~moore-L8~bf16"]  # the winning grid run again, in bf16
     assert precision.bf16 and precision.steps == 200 and precision.param_lrs == {"reflections": 1e-4}
     assert specs["seed~moore-L8~s0"].bf16 and not specs["grid~moore-L8~lr1e-3"].bf16
+    bf16_grid = replace(SUITE, study=replace(SUITE.study, bf16_phases=("precision", "grid", "seed")))
+    specs_bf16_grid = {s.name: s for s in plan(bf16_grid, runs)}  # the grid in bf16: the twin checks fp32
+    assert specs_bf16_grid["grid~moore-L8~lr1e-3"].bf16 and "precision~moore-L8~bf16" not in specs_bf16_grid
+    assert not specs_bf16_grid["precision~moore-L8~fp32"].bf16
     assert specs["seed~mixlora~s0"].lr == 1e-3  # an untuned peer takes LoRA's rate
     assert "seed~moore-L8~s2" in specs and "seed~mixlora~s1" not in specs
     for name, spec in specs.items():
@@ -150,12 +155,20 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
         assert (tmp_path / png).stat().st_size > 1000
 
 
+def test_the_precision_section_pairs_an_fp32_twin_with_a_bf16_grid_run(tmp_path):
+    for name, lr, average, bf16 in (("grid~moore-L8~lr1e-3", 1e-3, 0.70, True), ("grid~moore-L8~lr3e-4", 3e-4, 0.60, True),
+                                    ("precision~moore-L8~fp32", 1e-3, 0.72, False)):
+        write_json(tmp_path / "runs" / f"{name}.json", {**_record(name, "moore-L8", 0.6, lr=lr, correct=average),
+                                                        "bf16": bf16})
+    report = write_study_report("nlu-mtl", tmp_path).read_text()
+    assert "repeated in fp32" in report and "bf16 − fp32 on the test average: -2.00 points" in report
+
+
 def test_a_perplexity_probe_prints_as_it_is_and_the_report_shows_the_base_model_before_any_main_run(tmp_path):
     """A perplexity is not a fraction: no ×100, and its change from the base model in its own units. Until the
     main runs land, the scores table already shows what training has to beat."""
     from moore.bench.study_report import _forgetting
 
-    suite = SUITES["csr-mtl"]
     base = {"name": "base", "method": "base", "scores": {t: {"accuracy_norm": 0.4, "accuracy": 0.4}
                                                           for t in ("arc-c", "arc-e", "boolq", "obqa")},
             "average": 0.4, "zero_shot": {"wikitext2": {"perplexity": 34.0}, "sst2": {"accuracy": 0.6}},
@@ -187,7 +200,7 @@ def test_the_quick_study_runs_end_to_end(tmp_path):
     record = json.loads((tmp_path / "res" / "runs" / "seed~moore-L8~s0.json").read_text())
     assert set(record["predictions"]) == {"cola", "sst2", "mrpc"} and record["train_seconds"] > 0
     for name in ("taskfree~moore-L8~s0", "heldout~moore-L8~mrpc", "addtask~moore-L8~n20", "addtask~lora~n20",
-                 "taskcount~moore-L8~k2", "precision~moore-L8~bf16"):
+                 "taskcount~moore-L8~k2", "precision~moore-L8~bf16"):  # nlu: the grid in fp32, its twin in bf16
         assert name in names, name
     added = json.loads((tmp_path / "res" / "runs" / "addtask~moore-L8~n20.json").read_text())
     assert added["row_and_head"]["old_tasks_bit_identical"] and added["head_only"]["old_tasks_bit_identical"]
@@ -215,7 +228,8 @@ def test_the_quick_csr_study_runs_end_to_end(tmp_path):
     moore_cli("bench", "csr-mtl-quick", "--data-dir", REAL_DATA, "--results-dir", tmp_path / "res", "--runs-dir",
               tmp_path / "runs", "--workers", "2", "--device", "cpu", timeout=1800)
     names = sorted(p.stem for p in (tmp_path / "res" / "runs").glob("*.json"))
-    assert {"base", "seed~moore-L8~s0", "seed~lora~s0", "seed~full~s0", "precision~moore-L8~bf16"} <= set(names)
+    assert {"base", "seed~moore-L8~s0", "seed~lora~s0", "seed~full~s0", "precision~moore-L8~fp32"} <= set(names)
+    assert json.loads((tmp_path / "res" / "runs" / "grid~moore-L8~lr3e-4.json").read_text())["bf16"]  # csr: grid in bf16
     base = json.loads((tmp_path / "res" / "runs" / "base.json").read_text())
     assert set(base["scores"]["arc-e"]) == {"accuracy", "accuracy_norm"} and "wikitext2" in base["zero_shot"]
     record = json.loads((tmp_path / "res" / "runs" / "seed~moore-L8~s0.json").read_text())

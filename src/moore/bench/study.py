@@ -10,7 +10,8 @@ study resumes at any point and runs in pieces, in parallel, across sessions:
    steps); the rate with the best validation average wins. MoORE-L8 also tries its reflections at
    a fraction of its rate (``param_lrs``), and keeps that if it wins. The other peers take the rate
    chosen for ``lr_donor`` (LoRA).
-   With ``bf16_phases``, a precision run repeats the reference's winning grid run in bf16 autocast.
+   With "precision" in ``bf16_phases``, a precision run repeats the reference's winning grid run in the
+   other precision: bf16 autocast, or fp32 where the grid itself trains in bf16 ("grid" in ``bf16_phases``).
 3. seeds: every method once at the chosen rate and the full step count; the main methods (and the
    peer with the best validation average) at every seed.
 4. single: one adapter per task, with the steps that task got in the mixture, for ``single_methods``;
@@ -114,7 +115,7 @@ def plan(suite: Suite, runs: dict[str, dict]) -> list[RunSpec]:
     rates: dict[str, tuple[float, dict]] = {}  # method -> (lr, param_lrs) chosen on validation
     winners: dict[str, RunSpec] = {}
     for m in tuned:
-        grid = [RunSpec(f"grid~{m}~lr{lr_text(lr)}", "grid", m, lr, steps=grid_steps)
+        grid = [RunSpec(f"grid~{m}~lr{lr_text(lr)}", "grid", m, lr, steps=grid_steps, bf16="grid" in study.bf16_phases)
                 for lr in study.grid(suite.family(m))]
         specs += grid
         if not all(s.name in runs for s in grid):
@@ -129,9 +130,10 @@ def plan(suite: Suite, runs: dict[str, dict]) -> list[RunSpec]:
             winner = max([winner, *variants], key=lambda s: runs[s.name]["validation_best"])
         rates[m] = (winner.lr, winner.param_lrs)
         winners[m] = winner
-    if study.bf16_phases and REFERENCE in winners:  # the same run in bf16: what the precision costs
-        specs.append(replace(winners[REFERENCE], name=f"precision~{REFERENCE}~bf16", phase="precision",
-                             bf16="precision" in study.bf16_phases))
+    if "precision" in study.bf16_phases and REFERENCE in winners:  # the same run, other precision: what bf16 costs
+        twin_bf16 = not winners[REFERENCE].bf16
+        specs.append(replace(winners[REFERENCE], name=f"precision~{REFERENCE}~{'bf16' if twin_bf16 else 'fp32'}",
+                             phase="precision", bf16=twin_bf16))
     if study.lr_donor in rates:  # the untuned peers take the donor's rate
         rates.update({m: (rates[study.lr_donor][0], {}) for m in methods if m not in tuned})
     main = {m: RunSpec(f"seed~{m}~s{study.seeds[0]}", "seed", m, lr, seed=study.seeds[0], steps=steps,

@@ -338,8 +338,12 @@ def _protocol(suite: Suite) -> str:
                  "that task got in the mixture.")
     if study.curve_every:
         text += f" After the convergence runs, validation and zero-shot curves are taken every {study.curve_every} steps."
-    if study.bf16_phases:
-        text += f" Phases trained in bf16 autocast: {', '.join(study.bf16_phases)}."
+    trained_bf16 = [p for p in study.bf16_phases if p != "precision"]
+    if trained_bf16:
+        text += f" Phases trained in bf16 autocast: {', '.join(trained_bf16)}."
+    if "precision" in study.bf16_phases:
+        text += (f" A precision run repeats {REFERENCE}'s winning grid run in "
+                 f"{'fp32' if 'grid' in study.bf16_phases else 'bf16 autocast'}.")
     text += (" Every evaluation (validation, test, zero-shot) scores in bf16 autocast (`evaluation.bf16`)."
              if suite.config["evaluation"].get("bf16") else " Every evaluation scores in fp32.")
     if study.length_buckets > 1:
@@ -384,26 +388,31 @@ def _rates(runs: dict, todo: list[str]) -> list[str]:
 
 
 def _precision(suite: Suite, runs: dict) -> list[str]:
-    """The reference's winning grid run (fp32) against the same run in bf16 autocast."""
-    twin = runs.get(f"precision~{REFERENCE}~bf16")
+    """The reference's winning grid run against the same run in the other precision (fp32, bf16 autocast)."""
+    twin_bf16 = f"precision~{REFERENCE}~bf16" in runs  # the name says the twin's precision
+    twin = runs.get(f"precision~{REFERENCE}~{'bf16' if twin_bf16 else 'fp32'}")
     if twin is None:
         return []
-    fp32 = next((r for name, r in runs.items() if name.startswith(f"grid~{REFERENCE}~") and r["lr"] == twin["lr"]
+    grid = next((r for name, r in runs.items() if name.startswith(f"grid~{REFERENCE}~") and r["lr"] == twin["lr"]
                  and r["param_lrs"] == twin["param_lrs"]), None)
-    if fp32 is None:
+    if grid is None:
         return []
+    fp32, bf16 = (grid, twin) if twin_bf16 else (twin, grid)
     lines = ["## Precision: bf16 autocast against fp32", "",
-             f"{REFERENCE}'s winning grid run repeated with bf16 autocast in training (evaluation as in every run), same seed "
-             "and steps. The seed-to-seed spread of the scores table is the noise to read the difference against.",
+             f"{REFERENCE}'s winning grid run repeated in {'bf16 autocast' if twin_bf16 else 'fp32'} "
+             "(evaluation as in every run), same seed and steps. The seed-to-seed spread of the scores table is the "
+             "noise to read the difference against.",
              "", "| precision | device | validation average | test average | s / step (loop, with evaluations) |", "|---|---|---|---|---|"]
-    for label, r in (("fp32", fp32), ("bf16", twin)):
+    for label, r in (("fp32", fp32), ("bf16", bf16)):
         lines.append(f"| {label} | {r['device']} | {_pct(r['validation_best'])} | {_pct(r['average'])} | "
                      f"{r['train_seconds'] / r['steps']:.3f} |")
-    delta = twin["average"] - fp32["average"]
-    lines += ["", f"bf16 − fp32 on the test average: {100 * delta:+.2f} points. The seed and single-task phases "
-              f"train in bf16 ({', '.join(suite.study.bf16_phases)}); the convergence and grid runs in fp32."]
-    if fp32["device"] != twin["device"]:  # kernels differ between devices: the gap is not precision's alone
-        lines[-1] += (f" The two ran on different devices ({fp32['device']}, {twin['device']}), so the difference "
+    delta = bf16["average"] - fp32["average"]
+    phases = suite.study.bf16_phases
+    lines += ["", f"bf16 − fp32 on the test average: {100 * delta:+.2f} points. Phases trained in bf16: "
+              f"{', '.join(p for p in phases if p != 'precision')}; in fp32: convergence"
+              + ("" if "grid" in phases else ", grid") + "."]
+    if fp32["device"] != bf16["device"]:  # kernels differ between devices: the gap is not precision's alone
+        lines[-1] += (f" The two ran on different devices ({fp32['device']}, {bf16['device']}), so the difference "
                       "holds the device's numerics as well as the precision's; the speeds are not comparable.")
     return lines + [""]
 

@@ -98,8 +98,9 @@ class Study:
     grid_fraction: float = 0.5  # selection runs are this share of the chosen steps
     tuned_methods: tuple[str, ...] = ()  # get a grid of their own; the others take lr_donor's rate
     lr_donor: str = "lora"
-    # phases trained in bf16 autocast (evaluation stays fp32). With any, a "precision" run repeats the
-    # reference's winning grid run in bf16, so the report can set the fp32/bf16 gap against seed noise.
+    # phases trained in bf16 autocast (evaluation: ``evaluation.bf16``). With "precision", a precision run
+    # repeats the reference's winning grid run in the other precision (fp32 if "grid" is here, else bf16),
+    # so the report can set the fp32/bf16 gap against seed noise.
     bf16_phases: tuple[str, ...] = ()
     # phases whose batches train split by token length (``training.length_buckets``): the same gradient,
     # less padding. Not the grid and precision runs, which are compared with each other as they ran.
@@ -251,7 +252,7 @@ def _csr_mtl(quick: bool) -> Suite:
                   main_methods=("moore-L8", "moore-L8-rms", "moore-L0", "lora", "full"), single_methods=(),
                   tuned_methods=("moore-L8", "lora", "full"), convergence={"full": 3e-5, REFERENCE: 3e-4},
                   convergence_steps=800, eval_every=100, curve_every=200, seeds=(0, 1, 2), reflection_factors=(),
-                  bf16_phases=("precision", "seed"))
+                  bf16_phases=("precision", "grid", "seed"))  # bf16 steps: 0.6x fp32; the precision run checks
     # zero-shot probes where the base model is above chance: SST-2 in the chat format an instruct model is
     # used in (62.8% on its 872 test examples; 55.0% with the plain template). RTE, QNLI (chance) and
     # MRPC, CoLA (the majority class) measure nothing on this model, so they are left out.
