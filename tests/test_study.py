@@ -242,7 +242,7 @@ def test_curves_after_convergence_are_taken_every_curve_every_steps(tmp_path):
     from moore.bench.study import RunSpec, run_config
 
     csr = SUITES["csr-mtl"]
-    assert csr.study.curve_every and csr.study.curve_every != csr.study.eval_every
+    csr = replace(csr, study=replace(csr.study, eval_every=100, curve_every=200))
     converge = run_config(csr, RunSpec("convergence~lora", "convergence", "lora", 1e-3, steps=800), {}, tmp_path)
     seed = run_config(csr, RunSpec("seed~lora~s0", "seed", "lora", 1e-3, steps=800), {}, tmp_path)
     assert converge["training"]["eval_every"] == csr.study.eval_every

@@ -251,7 +251,7 @@ def _csr_mtl(quick: bool) -> Suite:
     study = Study(grids={FULL: (1e-5, 3e-5, 1e-4), "adapter": (1e-4, 3e-4, 1e-3)},
                   main_methods=("moore-L8", "moore-L8-rms", "lora", "full"), single_methods=(),
                   tuned_methods=("moore-L8", "lora", "full"), convergence={"full": 3e-5, REFERENCE: 3e-4},
-                  convergence_steps=800, eval_every=100, curve_every=100, seeds=(0, 1, 2), reflection_factors=(),
+                  convergence_steps=800, eval_every=100, seeds=(0, 1, 2), reflection_factors=(),
                   # validation: ARC-C 111 + 3 x 200 examples, so its average has a standard error of about 1.9
                   # points; a smaller tolerance would pick the step of the noisiest evaluation, not a plateau
                   plateau=0.02,
@@ -264,7 +264,7 @@ def _csr_mtl(quick: bool) -> Suite:
         tasks = [{**t, "max_train": 24, "max_validation": 8, "max_eval": 8} for t in tasks[:2]]
         methods = {m: methods[m] for m in ("full", "lora", REFERENCE)}
         study = replace(study, grids={FULL: (3e-5,), "adapter": (3e-4,)}, main_methods=(REFERENCE,),
-                        tuned_methods=(REFERENCE, "lora", "full"), convergence_steps=4, eval_every=2, curve_every=2)
+                        tuned_methods=(REFERENCE, "lora", "full"), convergence_steps=4, eval_every=2)
         zero_shot = [{**z, "max_eval": 8} for z in zero_shot]
     return Suite(
         name="csr-mtl-quick" if quick else "csr-mtl",
