@@ -149,6 +149,7 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
     assert "| base model (no training) | – | 0 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 82.03 |" in report
     assert "## Each method against the base model: paired bootstrap" in report
     assert "## Adding a task to a trained MoORE" in report and "| 100 | 70.00 | 60.00 | 80.00 | yes |" in report
+    assert "| majority class (the most frequent test label, always) | – | – | 0.00 |" in report  # CoLA's MCC
     assert "## Oblivion: what the base model could do before" in report
     assert "| base model (no training) | – | 82.03 | – |" in report and "| moore-L8 | 3 | 80.00 ± 0.00 | -2.03 |" in report
     for png in ("convergence.png", "conflict.png", "forgetting.png", "task_count.png"):

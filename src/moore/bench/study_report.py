@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.metrics import LOWER_IS_BETTER
+from ..data.metrics import LOWER_IS_BETTER, METRICS
 from ..data.tasks import get_task
 from ..runconfig import TaskSpec
 from .study import chosen_runs, chosen_steps, load_runs, plan, study_cost
@@ -417,6 +417,16 @@ def _precision(suite: Suite, runs: dict) -> list[str]:
     return lines + [""]
 
 
+def _majority_score(record: dict, task: str) -> float | None:
+    """The task's metric when every test example gets its most frequent label (classification only)."""
+    labels = record["labels"].get(task)
+    metric = _metric(record, task)
+    if not labels or metric not in METRICS or not all(isinstance(y, int) for y in labels):
+        return None
+    values, counts = np.unique(labels, return_counts=True)
+    return METRICS[metric]([int(values[np.argmax(counts)])] * len(labels), labels)
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
@@ -433,6 +443,14 @@ def _scores(suite: Suite, chosen: dict, tasks: list[str], zero_names: list[str],
         lines.append("| base model (no training) | – | 0 | " + " | ".join(_pct(_primary(base, t)) for t in tasks)
                      + f" | {_pct(base['average'])} | " + " | ".join(_pct(_zero_shot(base, z), _scale(z)) for z in zero_names)
                      + " |")
+    labelled = next((r for r in [base, *(rs[0] for rs in chosen.values())] if r and r.get("labels")), None)
+    if labelled is not None:  # what a constant answer scores: the floor a method must clear to have learnt anything
+        floor = [_majority_score(labelled, t) for t in tasks]
+        known = [v for v in floor if v is not None]
+        lines.append("| majority class (the most frequent test label, always) | – | – | "
+                     + " | ".join(_pct(v) for v in floor)
+                     + f" | {_pct(float(np.mean(known)) if len(known) == len(tasks) else None)} | "
+                     + " | ".join("–" for _ in zero_names) + " |")
     for m in suite.methods:
         if m not in chosen:
             continue
