@@ -129,6 +129,7 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
     runs["base"] = {**_record("b", "base", 0.0, correct=0.5), **cost, "average": 0.5,
                     "zero_shot": {"stsbenchmark": {"spearman": 0.8203}}}
     runs["base"]["labels"] = runs["seed~moore-L8~s0"]["labels"]  # the same test examples as every run
+    runs["base"]["curve"] = [{"step": 0, "average": None, "scores": {}, "zero_shot": {"stsbenchmark": 0.81}}]
     runs["taskfree~moore-L8~s0"] = {**cost, "tasks": TASKS, "identification": {t: 0.95 for t in TASKS},
                                     "scores_by_routing": scores, "zero_shot_by_routing": {
                                         r: {"stsbenchmark": {"spearman": 0.8}} for r in ("infer", "unseen")}}
@@ -150,6 +151,7 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
     assert "## Each method against the base model: paired bootstrap" in report
     assert "## Adding a task to a trained MoORE" in report and "| 100 | 70.00 | 60.00 | 80.00 | yes |" in report
     assert "| majority class (the most frequent test label, always) | – | – | 0.00 |" in report  # CoLA's MCC
+    assert "from the base model at step 0 (the same validation sets)" in report
     assert "## Oblivion: what the base model could do before" in report
     assert "| base model (no training) | – | 82.03 | – |" in report and "| moore-L8 | 3 | 80.00 ± 0.00 | -2.03 |" in report
     for png in ("convergence.png", "conflict.png", "forgetting.png", "task_count.png"):
@@ -173,11 +175,15 @@ def test_a_perplexity_probe_prints_as_it_is_and_the_report_shows_the_base_model_
     base = {"name": "base", "method": "base", "scores": {t: {"accuracy_norm": 0.4, "accuracy": 0.4}
                                                           for t in ("arc-c", "arc-e", "boolq", "obqa")},
             "average": 0.4, "zero_shot": {"wikitext2": {"perplexity": 34.0}, "sst2": {"accuracy": 0.6}},
-            "curve": [], "wall_seconds": 1.0, "train_seconds": 0.0, "device": "cpu", "machine": {"gpu": None}}
+            "curve": [{"step": 0, "average": 0.38, "scores": {}, "zero_shot": {"wikitext2": 30.0, "sst2": 0.6}}],
+            "wall_seconds": 1.0, "train_seconds": 0.0, "device": "cpu", "machine": {"gpu": None}}
     write_json(tmp_path / "runs" / "base.json", base)
+    write_json(tmp_path / "runs" / "convergence~full.json", {**_record("c", "full", 0.45), "curve": [
+        {"step": s, "average": 0.45, "scores": {}, "zero_shot": {}} for s in (100, 200)]})
     report = write_study_report("csr-mtl", tmp_path).read_text()
     assert "| base model (no training) | – | 0 | 40.00 | 40.00 | 40.00 | 40.00 | 40.00 | 34.00 | 60.00 |" in report
-    assert "zero-shot wikitext2 (perplexity) | zero-shot sst2 (accuracy ×100)" in report and "1 run done" in report
+    assert "zero-shot wikitext2 (perplexity) | zero-shot sst2 (accuracy ×100)" in report and "2 runs done" in report
+    assert "| base model (step 0, the same validation sets) | – | 0 | 38.00 |" in report
     curve = [{"step": s, "average": 0.5, "zero_shot": {"wikitext2": 30.0 + s / 100, "sst2": 0.6}} for s in (100, 200)]
     chosen = {"full": [{"zero_shot": {"wikitext2": {"perplexity": p}, "sst2": {"accuracy": 0.5}}, "curve": curve}
                        for p in (36.0, 38.0)]}
@@ -200,6 +206,8 @@ def test_the_quick_study_runs_end_to_end(tmp_path):
     assert any(n.startswith("single~moore-L8~") for n in names)
     record = json.loads((tmp_path / "res" / "runs" / "seed~moore-L8~s0.json").read_text())
     assert set(record["predictions"]) == {"cola", "sst2", "mrpc"} and record["train_seconds"] > 0
+    base = json.loads((tmp_path / "res" / "runs" / "base.json").read_text())
+    assert base["curve"][0]["step"] == 0 and "stsbenchmark" in base["curve"][0]["zero_shot"]  # the curves' step 0
     for name in ("taskfree~moore-L8~s0", "heldout~moore-L8~mrpc", "addtask~moore-L8~n20", "addtask~lora~n20",
                  "taskcount~moore-L8~k2", "precision~moore-L8~bf16"):  # nlu: the grid in fp32, its twin in bf16
         assert name in names, name
@@ -233,6 +241,7 @@ def test_the_quick_csr_study_runs_end_to_end(tmp_path):
     assert json.loads((tmp_path / "res" / "runs" / "grid~moore-L8~lr3e-4.json").read_text())["bf16"]  # csr: grid in bf16
     base = json.loads((tmp_path / "res" / "runs" / "base.json").read_text())
     assert set(base["scores"]["arc-e"]) == {"accuracy", "accuracy_norm"} and "wikitext2" in base["zero_shot"]
+    assert base["curve"][0]["average"] > 0 and base["curve"][0]["zero_shot"]["wikitext2"] > 1  # step 0, validation
     record = json.loads((tmp_path / "res" / "runs" / "seed~moore-L8~s0.json").read_text())
     assert record["bf16"] and all(c["zero_shot"].get("wikitext2") for c in record["curve"])
     report = (tmp_path / "res" / "REPORT.md").read_text()

@@ -255,10 +255,12 @@ def execute(suite_name: str, name: str, results_dir: Path, runs_dir: Path, data_
 
 def _execute_base(suite: Suite, results_dir: Path, data_dir: Path | None, device: str | None) -> dict:
     """The base model scored as the runs are: the test tasks (decoders only: an encoder's task heads
-    would be untrained) and the zero-shot tasks, through an adapter at its identity init."""
+    would be untrained) and the zero-shot tasks, through an adapter at its identity init; and step 0
+    of every curve, on the validation sets the seed-0 runs evaluate at every step."""
     from ..evaluation import evaluate_tasks, primary_average
     from ..multitask import MultiTaskModel
     from ..runconfig import build_tasks, load_run_config
+    from ..training.trainer import validation_sets
 
     start = time.time()
     data = copy.deepcopy(suite.config)
@@ -274,15 +276,23 @@ def _execute_base(suite: Suite, results_dir: Path, data_dir: Path | None, device
     kwargs = dict(batch_size=ev.batch_size, scoring=ev.scoring, max_new_tokens=ev.max_new_tokens, task_id=None,
                   bf16=ev.bf16)
     scores, predictions = {}, {}
+    validation, zero_validation = validation_sets(config, tasks, zero, data_dir, seed=0)
+    curve_point: dict = {"step": 0, "average": None, "scores": {}, "zero_shot": {}}
     if model.kind == "decoder":  # the LoRA's B is zero at init: these are the base model's own answers
         scores = evaluate_tasks(model, test, **kwargs, predictions=predictions)
+        on_validation = evaluate_tasks(model, validation, **kwargs)
+        curve_point.update(average=primary_average(on_validation, tasks),
+                           scores={t.name: on_validation[t.name].get(t.metric) for t in tasks})
+    if zero_validation:
+        on_validation = evaluate_tasks(model, zero_validation, **kwargs)
+        curve_point["zero_shot"] = {t.name: on_validation[t.name].get(t.metric) for t in zero}
     record = {
         "suite": suite.name, "name": "base", "phase": "base", "method": "base", "lr": 0.0, "seed": 0, "steps": 0,
         "tasks": [t.name for t in tasks], "scores": scores,
         "average": primary_average(scores, tasks) if scores else None,
         "zero_shot": evaluate_tasks(model, zero_data, **kwargs), "predictions": predictions,
         "labels": {n: [e["label"] for e in examples] for n, (_, examples) in test.items()} if predictions else {},
-        "trainable_parameters": 0, "share": 0.0, "curve": [], "validation_best": None,
+        "trainable_parameters": 0, "share": 0.0, "curve": [curve_point], "validation_best": None,
         "wall_seconds": time.time() - start, "train_seconds": 0.0, "device": str(model.device),
         **provenance(f"moore bench {suite.name} --run base"),
     }

@@ -57,6 +57,19 @@ from .schedules import lr_multiplier
 logger = logging.getLogger(__name__)
 
 
+def validation_sets(config: RunConfig, tasks: list[Task], zero_shot: list[Task], data_dir: Path,
+                    seed: int) -> tuple[dict, dict]:
+    """What a run validates on at every evaluation: each task's validation subset, and (with
+    ``evaluation.track_zero_shot``) each zero-shot probe's, both drawn with the run's seed."""
+    specs = {s.name: s for s in config.tasks}
+    validation = {t.name: (t, t.load(data_dir, "validation", seed=seed,
+                                     limit=specs[t.name].max_validation or specs[t.name].max_eval))
+                  for t in tasks}
+    zs = {s.name: s for s in config.evaluation.zero_shot}
+    zero_shot_validation = {t.name: (t, t.load(data_dir, "validation", limit=zs[t.name].max_eval, seed=seed))
+                            for t in zero_shot} if config.evaluation.track_zero_shot else {}
+    return validation, zero_shot_validation
+
 
 class Trainer:
     def __init__(self, config: RunConfig, *, data_dir: Path | None = None, output_dir: str | Path | None = None,
@@ -84,9 +97,8 @@ class Trainer:
         specs = {s.name: s for s in self.config.tasks}
         self.train_data = {t.name: t.load(self.data_dir, "train", limit=specs[t.name].max_train, seed=seed)
                            for t in self.tasks}
-        self.eval_data = {t.name: (t, t.load(self.data_dir, "validation", seed=seed,
-                                             limit=specs[t.name].max_validation or specs[t.name].max_eval))
-                          for t in self.tasks}
+        self.eval_data, self.zero_shot_validation = validation_sets(self.config, self.tasks, self.zero_shot,
+                                                                    self.data_dir, seed)
         # test subsets do not follow the run's seed: every seed scores the same examples, so runs pair up
         split = self.config.evaluation.split
         self.test_data = {t.name: (t, t.load(self.data_dir, split, limit=specs[t.name].max_eval, seed=0))
@@ -95,10 +107,6 @@ class Trainer:
         zs = {s.name: s for s in self.config.evaluation.zero_shot}
         self.zero_shot_data = {t.name: (t, t.load(self.data_dir, split, limit=zs[t.name].max_eval, seed=0))
                                for t in self.zero_shot}
-        if self.config.evaluation.track_zero_shot:  # scored at every evaluation, on their validation split
-            self.zero_shot_validation = {
-                t.name: (t, t.load(self.data_dir, "validation", limit=zs[t.name].max_eval, seed=seed))
-                for t in self.zero_shot}
         for name, examples in self.train_data.items():
             logger.info("task %s: %d train, %d validation, %d %s examples", name, len(examples),
                         len(self.eval_data[name][1]), len(self.test_data[name][1]), split)
