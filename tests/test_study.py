@@ -226,6 +226,16 @@ def test_the_quick_study_runs_end_to_end(tmp_path):
     assert again.returncode == 0
     rerun = json.loads((tmp_path / "res" / "runs" / "seed~moore-L8~s0.json").read_text())
     assert rerun["scores"] == record["scores"]  # one row reproduces from its command and the seed
+    assert free["source_run"] == {"name": "seed~moore-L8~s0", "retrained": False}
+    # a new machine has no runs folder: the task-free run trains its seed run again, as it was recorded
+    (tmp_path / "res" / "runs" / "taskfree~moore-L8~s0.json").unlink()
+    moore_cli("bench", "nlu-mtl-quick", "--run", "taskfree~moore-L8~s0", "--data-dir", REAL_DATA,
+              "--results-dir", tmp_path / "res", "--runs-dir", tmp_path / "new-machine", "--device", "cpu",
+              "--no-progress")
+    again = json.loads((tmp_path / "res" / "runs" / "taskfree~moore-L8~s0.json").read_text())
+    assert again["source_run"]["retrained"] and again["source_run"]["scores_reproduced"]
+    assert again["scores_by_routing"] == free["scores_by_routing"]
+    assert (tmp_path / "new-machine" / "nlu-mtl-quick" / "seed~moore-L8~s0" / "final" / "adapter_config.json").is_file()
 
 
 @pytest.mark.slow

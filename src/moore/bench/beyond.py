@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,8 +27,10 @@ from ..multitask import MultiTaskModel
 from ..runconfig import TaskSpec
 from ..training.new_task import add_and_train_task, train_trainable
 from .provenance import provenance
-from .study import RunSpec
+from .study import RunSpec, plan, train_run
 from .suites import REFERENCE, Suite
+
+logger = logging.getLogger(__name__)
 
 ROUTINGS = {"own": "own", "infer": "infer", "unseen": None}
 
@@ -58,9 +61,14 @@ def execute_beyond(suite: Suite, spec: RunSpec, runs: dict, results_dir: Path, r
                    data_dir: Path | None, device: str | None = None) -> dict:
     start = time.time()
     if spec.phase == "taskfree":
-        record = _task_free(suite, spec, runs_dir, data_dir, device)
+        source = f"seed~{REFERENCE}~s{spec.seed}"
+        folder, retrained = _trained_folder(suite, source, runs, runs_dir, data_dir, device)
+        record = _task_free(suite, spec, folder, data_dir, device)
     else:
-        record = _added_task(suite, spec, runs_dir, data_dir, device)
+        source = f"heldout~{REFERENCE}~{suite.study.added_task}"
+        folder, retrained = _trained_folder(suite, source, runs, runs_dir, data_dir, device)
+        record = _added_task(suite, spec, folder, data_dir, device)
+    record["source_run"] = {"name": source, **retrained}
     record.update({"suite": suite.name, "name": spec.name, "phase": spec.phase, "method": spec.method,
                    "lr": spec.lr, "seed": spec.seed, "steps": spec.steps, "wall_seconds": time.time() - start,
                    "train_seconds": record.get("train_seconds", 0.0),
@@ -74,8 +82,28 @@ def _evaluation(suite: Suite) -> tuple[int, str, list[dict], bool]:
     return ev.get("batch_size", 32), ev.get("split", "test"), ev.get("zero_shot", []), bool(ev.get("bf16"))
 
 
-def _task_free(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | None, device: str | None) -> dict:
-    folder = Path(runs_dir) / suite.name / f"seed~{REFERENCE}~s{spec.seed}" / "final"
+def _trained_folder(suite: Suite, name: str, runs: dict, runs_dir: Path, data_dir: Path | None,
+                    device: str | None) -> tuple[Path, dict]:
+    """The ``final/`` folder of a finished run of the plan, and whether it had to be trained again.
+
+    Runs folders do not travel (checkpoints are not results): on a new machine the run is trained
+    again from its seed, and the record says whether its test scores came out as recorded (the same
+    code and thread count give the same run; another BLAS or thread count may differ in the last bits)."""
+    folder = Path(runs_dir) / suite.name / name / "final"
+    if (folder / "adapter_config.json").is_file():
+        return folder, {"retrained": False}
+    if name not in runs:
+        raise ValueError(f"{name} has not run yet; it comes before this run in the plan")
+    logger.warning("%s: no trained model under %s (a new machine?); training it again from its seed", name, folder)
+    spec = next(s for s in plan(suite, runs) if s.name == name)
+    _, _, results, seconds = train_run(suite, spec, runs_dir, data_dir, device=device)
+    reproduced = results["after"] == runs[name]["scores"]
+    if not reproduced:
+        logger.warning("%s trained again scores %s, not the recorded %s", name, results["after"], runs[name]["scores"])
+    return folder, {"retrained": True, "retrain_seconds": seconds, "scores_reproduced": reproduced}
+
+
+def _task_free(suite: Suite, spec: RunSpec, folder: Path, data_dir: Path | None, device: str | None) -> dict:
     _, specs = MultiTaskModel.read_specs(folder)
     tasks = [s.build() for s in specs]
     model = MultiTaskModel.load(folder, tasks).to(device or "cpu")
@@ -111,9 +139,8 @@ def _outputs(model: MultiTaskModel, probes: dict[str, tuple]) -> dict[str, torch
     return out
 
 
-def _added_task(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | None, device: str | None) -> dict:
+def _added_task(suite: Suite, spec: RunSpec, folder: Path, data_dir: Path | None, device: str | None) -> dict:
     study = suite.study
-    folder = Path(runs_dir) / suite.name / f"heldout~{REFERENCE}~{study.added_task}" / "final"
     batch_size, split, _, bf16 = _evaluation(suite)
     spec_data = next(t for t in suite.config["tasks"] if t["name"] == study.added_task)
     task_spec = TaskSpec.model_validate({**spec_data, "max_train": spec.max_train})

@@ -195,13 +195,29 @@ def run_config(suite: Suite, spec: RunSpec, adapter: dict, runs_dir: Path) -> di
     return data
 
 
+def train_run(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | None, *, device: str | None = None,
+              progress: bool = False) -> tuple[Any, dict, dict, float]:
+    """Train one run of the plan into ``runs_dir`` (resuming from its checkpoints); (trainer, adapter
+    dict, the trainer's results, seconds)."""
+    from ..hub import load_base_model
+    from ..runconfig import load_run_config
+    from ..training import Trainer
+
+    base, _, _ = load_base_model(suite.config["model"]["name_or_path"])
+    adapter, _ = resolve_adapter(suite, spec.method, base)
+    del base
+    config = load_run_config(data=run_config(suite, spec, adapter, runs_dir))
+    torch.manual_seed(spec.seed)
+    trainer = Trainer(config, data_dir=data_dir, progress=progress, device=device)
+    start = time.time()
+    results = trainer.run(resume=True)
+    return trainer, adapter, results, time.time() - start
+
+
 def execute(suite_name: str, name: str, results_dir: Path, runs_dir: Path, data_dir: Path | None,
             device: str | None = None, progress: bool = False) -> dict:
     """Train and score one run of the study's plan; writes ``runs/NAME.json``."""
     from ..evaluation import evaluate_tasks
-    from ..hub import load_base_model
-    from ..runconfig import load_run_config
-    from ..training import Trainer
 
     suite = get_suite(suite_name)
     specs = {s.name: s for s in plan(suite, load_runs(results_dir))}
@@ -214,16 +230,8 @@ def execute(suite_name: str, name: str, results_dir: Path, runs_dir: Path, data_
         from .beyond import execute_beyond
 
         return execute_beyond(suite, spec, load_runs(results_dir), results_dir, runs_dir, data_dir, device=device)
-    base, _, _ = load_base_model(suite.config["model"]["name_or_path"])
-    adapter, _ = resolve_adapter(suite, spec.method, base)
-    del base
-    config = load_run_config(data=run_config(suite, spec, adapter, runs_dir))
-    torch.manual_seed(spec.seed)
-    trainer = Trainer(config, data_dir=data_dir, progress=progress, device=device)
-    start = time.time()
-    results = trainer.run(resume=True)
-    seconds = time.time() - start
-    model = trainer.model
+    trainer, adapter, results, seconds = train_run(suite, spec, runs_dir, data_dir, device=device, progress=progress)
+    config, model = trainer.config, trainer.model
     predictions = dict(trainer.test_predictions)  # from the final test pass
     if not predictions:  # the run had finished before: score its test sets once more, as the trainer does
         ev = config.evaluation
