@@ -271,3 +271,15 @@ def test_curves_after_convergence_are_taken_every_curve_every_steps(tmp_path):
     assert short["training"]["eval_every"] == 50  # never past the run's end
     nlu = run_config(SUITE, RunSpec("seed~lora~s0", "seed", "lora", 1e-3, steps=800), {}, tmp_path)
     assert nlu["training"]["eval_every"] == SUITE.study.eval_every  # no curve_every: eval_every throughout
+
+
+def test_the_cost_names_each_runs_device_and_never_guesses_one():
+    from moore.bench.study import study_cost
+
+    old = {k: v for k, v in _record("old", "lora", 0.6).items() if k != "device"}  # before records named it
+    old_gpu = {**old, "machine": {"gpu": "NVIDIA H100"}}
+    runs = {"a": _record("a", "lora", 0.6), "b": {**_record("b", "full", 0.6), "device": "cuda",
+                                                  "machine": {"gpu": "NVIDIA H100"}}, "old": old}
+    assert study_cost(runs)["devices"] == ["cpu", "cuda"]  # no GPU on its machine: it ran on the CPU
+    assert study_cost({**runs, "old_gpu": old_gpu})["devices"] == ["?", "cpu", "cuda"]  # a GPU there: unknown
+    assert study_cost(runs)["hours"] == pytest.approx(3 * 9.0 / 3600)

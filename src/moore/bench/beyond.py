@@ -71,7 +71,7 @@ def execute_beyond(suite: Suite, spec: RunSpec, runs: dict, results_dir: Path, r
     record["source_run"] = {"name": source, **retrained}
     record.update({"suite": suite.name, "name": spec.name, "phase": spec.phase, "method": spec.method,
                    "lr": spec.lr, "seed": spec.seed, "steps": spec.steps, "wall_seconds": time.time() - start,
-                   "train_seconds": record.get("train_seconds", 0.0),
+                   "train_seconds": record.get("train_seconds", 0.0), "device": device or "cpu",
                    **provenance(f"moore bench {suite.name} --run {spec.name}")})
     write_json(Path(results_dir) / "runs" / f"{spec.name}.json", record)
     return record

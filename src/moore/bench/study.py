@@ -357,7 +357,8 @@ def _log_path(results_dir: Path, name: str) -> Path:
 
 def study_cost(runs: dict[str, dict]) -> dict[str, Any]:
     seconds = sum(r.get("train_seconds", r["wall_seconds"]) for r in runs.values())
-    devices = sorted({r.get("device", "?") for r in runs.values()})
+    # records from before runs named their device: on a machine without a GPU it can only be the CPU
+    devices = sorted({r.get("device") or ("?" if r["machine"].get("gpu") else "cpu") for r in runs.values()})
     return {"runs": len(runs), "hours": seconds / 3600, "devices": devices,
             "gpus": sorted({r["machine"].get("gpu") or "none" for r in runs.values()})}
 
