@@ -154,7 +154,7 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
     assert "from the base model at step 0 (the same validation sets)" in report
     assert "## Oblivion: what the base model could do before" in report
     assert "| base model (no training) | – | 82.03 | – |" in report and "| moore-L8 | 3 | 80.00 ± 0.00 | -2.03 |" in report
-    for png in ("convergence.png", "conflict.png", "forgetting.png", "task_count.png"):
+    for png in ("convergence.png", "conflict.png", "forgetting.png", "task_count.png", "task_free.png", "added_task.png"):
         assert (tmp_path / png).stat().st_size > 1000
 
 

@@ -174,6 +174,53 @@ def _task_count_plot(path: Path, curve: dict[str, dict[int, tuple]], zero: str) 
     plt.close(fig)
 
 
+def _task_free_plot(path: Path, records: list[dict], tasks: list[str]) -> None:
+    """Each task's test score with its true id, the inferred mixture and the mean embedding."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {"own": "true task id", "infer": "inferred (task_ids=\"infer\")", "unseen": "mean embedding"}
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    width = 0.8 / len(labels)
+    for i, (routing, label) in enumerate(labels.items()):
+        values = np.array([[100 * _primary({"scores": rec["scores_by_routing"][routing]}, t) for t in tasks]
+                           for rec in records])
+        ax.bar(np.arange(len(tasks)) + i * width - 0.4 + width / 2, values.mean(0), width,
+               yerr=values.std(0, ddof=1) if len(records) > 1 else None, label=label)
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set_ylabel("test score (×100)")
+    ax.set_title(f"Task-free inference, MoORE-L8 ({_count(len(records), 'seed')})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _added_task_plot(path: Path, points: dict[str, dict[int, float]], task: str, majority: float | None) -> None:
+    """The added task's test score against the examples it was added from."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for way, by_n in points.items():
+        if by_n:
+            ns = sorted(by_n)
+            ax.plot(ns, [100 * by_n[n] for n in ns], marker="o", label=way)
+    if majority is not None:
+        ax.axhline(100 * majority, color="k", ls="--", lw=1, label="majority class")
+    ax.set_xscale("log")
+    ax.set(xlabel=f"{task} training examples", ylabel=f"{task} test {get_task(task).metric} (×100)",
+           title=f"Adding {task} to a trained model")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _task_count(suite: Suite, runs: dict, chosen: dict, zero_names: list[str], results_dir: Path) -> list[str]:
     """Conflict (on a subset's tasks) and oblivion against the number of tasks trained together."""
     study, tasks = suite.study, [t["name"] for t in suite.config["tasks"]]
@@ -233,38 +280,46 @@ def _task_free(suite: Suite, runs: dict, results_dir: Path) -> list[str]:
         gap = [a - b for a, b in zip(values["infer"], values["own"])]
         lines.append(f"| {t} | {_mean_std(identified)} | {_mean_std(values['own'])} | {_mean_std(values['infer'])} | "
                      f"{_mean_std(values['unseen'])} | {_mean_std(gap)} |")
+    _task_free_plot(results_dir / "task_free.png", records, tasks)
     zero = records[0]["zero_shot_by_routing"]["infer"]
     for z in zero:
         inferred = [_zero_shot({"zero_shot": rec["zero_shot_by_routing"]["infer"]}, z) for rec in records]
         mean = [_zero_shot({"zero_shot": rec["zero_shot_by_routing"]["unseen"]}, z) for rec in records]
         lines += ["", f"Zero-shot {z} ({get_task(z).metric}): inferred mixture {_mean_std(inferred, _scale(z))}, "
                       f"mean embedding {_mean_std(mean, _scale(z))}."]
-    return lines + [""]
+    return lines + ["", "![task-free inference](task_free.png)", ""]
 
 
-def _added_task(suite: Suite, runs: dict) -> list[str]:
+ADDED_WAYS = {"MoORE: new row + head": (REFERENCE, "row_and_head"), "MoORE: head, mean embedding": (REFERENCE, "head_only"),
+              "LoRA alone": ("lora", None)}
+
+
+def _added_task(suite: Suite, runs: dict, results_dir: Path) -> list[str]:
     study = suite.study
     if not study.added_task:
         return []
-    rows = []
+    task, rows = study.added_task, []
+    points: dict[str, dict[int, float]] = {way: {} for way in ADDED_WAYS}  # for the plot
     for n in study.added_sizes:
-        moore = runs.get(f"addtask~{REFERENCE}~n{n}")
-        lora = runs.get(f"addtask~lora~n{n}")
-        if moore is None and lora is None:
+        records = {m: runs.get(f"addtask~{m}~n{n}") for m in (REFERENCE, "lora")}
+        if not any(records.values()):
             continue
-        task = study.added_task
-
-        def score(record, key=None):
-            if record is None:
-                return "–"
-            scores = record[key]["scores"] if key else record["scores"]
-            return _pct(scores.get(task, {}).get(get_task(task).metric))
-
+        cells = []
+        for way, (m, key) in ADDED_WAYS.items():
+            record = records[m]
+            value = None if record is None else (record[key] if key else record)["scores"].get(task, {}).get(
+                get_task(task).metric)
+            if value is not None:
+                points[way][n] = value
+            cells.append(_pct(value) if value is not None else "–")
+        moore = records[REFERENCE]
         identical = "yes" if moore and all(moore[v]["old_tasks_bit_identical"] for v in ("head_only", "row_and_head")) \
             else ("NO" if moore else "–")
-        rows.append(f"| {n} | {score(moore, 'row_and_head')} | {score(moore, 'head_only')} | {score(lora)} | {identical} |")
+        rows.append(f"| {n} | {' | '.join(cells)} | {identical} |")
     if not rows:
         return []
+    lora = next((r for n in study.added_sizes if (r := runs.get(f"addtask~lora~n{n}"))), None)
+    _added_task_plot(results_dir / "added_task.png", points, task, _majority_score(lora, task) if lora else None)
     held = runs.get(f"heldout~{REFERENCE}~{study.added_task}")
     return ["## Adding a task to a trained MoORE", "",
             f"MoORE-L8 trained on every task but {study.added_task} "
@@ -275,7 +330,7 @@ def _added_task(suite: Suite, runs: dict) -> list[str]:
             f"steps. Test {get_task(study.added_task).metric} ×100, seed 0. Last column: the other tasks' outputs "
             "after adding it, compared bit for bit with before.", "",
             "| N | MoORE: new row + head | MoORE: head, mean embedding | LoRA alone | old tasks bit-identical |",
-            "|---|---|---|---|---|", *rows, ""]
+            "|---|---|---|---|---|", *rows, "", "![adding a task](added_task.png)", ""]
 
 
 # --- the report -------------------------------------------------------------------------------------------
@@ -309,7 +364,7 @@ def write_study_report(suite_name: str, results_dir: Path) -> Path:
     elif "base" in runs:  # until the main runs land: what training has to beat, and to keep
         lines += _scores(suite, {}, tasks, zero_names, runs["base"])
     lines += _task_free(suite, runs, results_dir)
-    lines += _added_task(suite, runs)
+    lines += _added_task(suite, runs, results_dir)
     cost = study_cost(runs) if runs else None
     if cost:
         lines += ["## Cost", "", f"{_count(cost['runs'], 'run')}, {cost['hours']:.2f} hours of training loop in all, on "
