@@ -130,9 +130,17 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
                     "zero_shot": {"stsbenchmark": {"spearman": 0.8203}}}
     runs["base"]["labels"] = runs["seed~moore-L8~s0"]["labels"]  # the same test examples as every run
     runs["base"]["curve"] = [{"step": 0, "average": None, "scores": {}, "zero_shot": {"stsbenchmark": 0.81}}]
+    labels = runs["seed~moore-L8~s0"]["labels"]
+    rng = np.random.default_rng(0)
+    flipped = {r: {t: [1 - y if rng.random() < p else y for y in labels[t]] for t in TASKS}
+               for r, p in (("own", 0.1), ("unseen", 0.4))}
+    # inferred: the true ids' answers with one MRPC answer flipped (cola: a difference of exactly 0)
+    flipped["infer"] = {t: [1 - y if i == 0 and t == "mrpc" else y for i, y in enumerate(flipped["own"][t])]
+                        for t in TASKS}
     runs["taskfree~moore-L8~s0"] = {**cost, "tasks": TASKS, "identification": {t: 0.95 for t in TASKS},
                                     "scores_by_routing": scores, "zero_shot_by_routing": {
-                                        r: {"stsbenchmark": {"spearman": 0.8}} for r in ("infer", "unseen")}}
+                                        r: {"stsbenchmark": {"spearman": 0.8}} for r in ("infer", "unseen")},
+                                    "predictions_by_routing": flipped, "labels": labels}
     runs["addtask~moore-L8~n100"] = {**cost, **{v: {"scores": {"rte": {"accuracy": a}}, "old_tasks_bit_identical": True}
                                                 for v, a in (("row_and_head", 0.7), ("head_only", 0.6))}}
     runs["addtask~lora~n100"] = _record("al", "lora", 0.6, tasks=["rte"], correct=0.8)
@@ -147,6 +155,11 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
     assert "still to run" in report  # the other peers have not run
     assert "## Conflict and oblivion against the number of tasks" in report and "| lora | 3 | -5.00 |" in report
     assert "## Task-free inference (MoORE-L8)" in report and "| cola | 95.00 | 80.00 | 78.00 |" in report
+    words = next(line for line in report.splitlines() if line.startswith("The inferred routing"))
+    assert "| inferred | +0.00 [+0.00, +0.00] |" in report  # cola: the same predictions
+    # a 40% flip rate against 10% loses ~30 points on every task: beyond the noise on each
+    assert all(f"{t} (-" in words.split("The mean embedding")[1] for t in TASKS), words
+    assert "beyond the noise on no task" in words and "within the noise" in words.split("The mean embedding")[0]
     assert "| base model (no training) | – | 0 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 82.03 |" in report
     assert "## Each method against the base model: paired bootstrap" in report
     assert "## Adding a task to a trained MoORE" in report and "| 100 | 70.00 | 60.00 | 80.00 | yes |" in report

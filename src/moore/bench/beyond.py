@@ -119,12 +119,14 @@ def _task_free(suite: Suite, spec: RunSpec, folder: Path, data_dir: Path | None,
     seconds = time.time() - started
     identification = model.task_identification({n: examples for n, (_, examples) in test.items()},
                                                max_per_task=10**9)
-    scores = {r: evaluate_tasks(model, test, batch_size=batch_size, task_id=tid, bf16=bf16)
+    predictions: dict[str, dict] = {r: {} for r in ROUTINGS}  # for a paired bootstrap between routings
+    scores = {r: evaluate_tasks(model, test, batch_size=batch_size, task_id=tid, bf16=bf16, predictions=predictions[r])
               for r, tid in ROUTINGS.items()}
     zero_shot = {r: evaluate_tasks(model, zero_data, batch_size=batch_size, task_id=ROUTINGS[r], bf16=bf16)
                  for r in ("infer", "unseen")}
     return {"tasks": [t.name for t in tasks], "classifier_train_accuracy": fitted, "identification": identification,
-            "scores_by_routing": scores, "zero_shot_by_routing": zero_shot, "train_seconds": seconds}
+            "scores_by_routing": scores, "zero_shot_by_routing": zero_shot, "predictions_by_routing": predictions,
+            "labels": {n: [e["label"] for e in examples] for n, (_, examples) in test.items()}, "train_seconds": seconds}
 
 
 @torch.no_grad()

@@ -174,6 +174,33 @@ def _task_count_plot(path: Path, curve: dict[str, dict[int, tuple]], zero: str) 
     plt.close(fig)
 
 
+def _task_free_in_words(records: list[dict], tasks: list[str]) -> list[str]:
+    """Where inferred routing and the mean embedding lose to the true ids, by a paired bootstrap over
+    the test examples (seeds pooled); records from before predictions were kept get none."""
+    if not all("predictions_by_routing" in r for r in records):
+        return []
+
+    def as_runs(routing: str) -> list[dict]:
+        return [{"scores": r["scores_by_routing"][routing], "predictions": r["predictions_by_routing"][routing],
+                 "labels": r["labels"]} for r in records]
+
+    lines = ["", f"Against the true ids (Δ ×100 [95% interval], {BOOTSTRAP} paired resamples of the test examples, "
+                 "seeds pooled; **bold**: the interval excludes 0):", "",
+             "| routing | " + " | ".join(tasks) + " | average |", "|---|" + "---|" * (len(tasks) + 1)]
+    words = []
+    for routing, label in (("infer", "inferred"), ("unseen", "mean embedding")):
+        result = paired_bootstrap(as_runs(routing), as_runs("own"), tasks)
+        lines.append(_bootstrap_row(label, result, tasks))
+        worse = [f"{t} ({100 * result[t][0]:+.2f})" for t in tasks if result[t][3] and result[t][0] < 0]
+        better = [f"{t} ({100 * result[t][0]:+.2f})" for t in tasks if result[t][3] and result[t][0] > 0]
+        mean, low, high, significant = result["average"]
+        words.append(f"The {label} routing loses to the true ids beyond the noise on {', '.join(worse) or 'no task'}"
+                     + (f" and gains on {', '.join(better)}" if better else "")
+                     + f"; its average is {100 * mean:+.2f} points from theirs [{100 * low:+.2f}, {100 * high:+.2f}]"
+                     + ("." if significant else ", within the noise."))
+    return lines + ["", " ".join(words)]
+
+
 def _task_free_plot(path: Path, records: list[dict], tasks: list[str]) -> None:
     """Each task's test score with its true id, the inferred mixture and the mean embedding."""
     import matplotlib
@@ -281,6 +308,7 @@ def _task_free(suite: Suite, runs: dict, results_dir: Path) -> list[str]:
         lines.append(f"| {t} | {_mean_std(identified)} | {_mean_std(values['own'])} | {_mean_std(values['infer'])} | "
                      f"{_mean_std(values['unseen'])} | {_mean_std(gap)} |")
     _task_free_plot(results_dir / "task_free.png", records, tasks)
+    lines += _task_free_in_words(records, tasks)
     zero = records[0]["zero_shot_by_routing"]["infer"]
     for z in zero:
         inferred = [_zero_shot({"zero_shot": rec["zero_shot_by_routing"]["infer"]}, z) for rec in records]
