@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,8 +26,9 @@ SIZES = {"cola": 8051, "sst2": 10000, "mrpc": 3669, "rte": 2241, "qnli": 4370}
 
 def _record(name: str, method: str, validation: float, *, lr=1e-3, seed=0, steps=100, correct=0.8, tasks=TASKS,
             param_lrs=None, curve_peak: int = 300) -> dict:
-    rng = np.random.default_rng(abs(hash(name)) % 2**32)
-    labels = {t: rng.integers(0, 2, 200).tolist() for t in tasks}
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    labels = {t: np.random.default_rng(zlib.crc32(t.encode())).integers(0, 2, 200).tolist()  # one test set per task
+              for t in tasks}
     predictions = {t: [y if rng.random() < correct else 1 - y for y in labels[t]] for t in tasks}
     curve = [{"step": s, "average": validation - 0.01 * abs(s - curve_peak) / 100, "scores": {},
               "zero_shot": {"stsbenchmark": 0.8 - s / 10000}} for s in range(100, 501, 100)]
@@ -152,6 +154,14 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
     assert "| moore-L8 | 3 | 1,000 (5.00%) |" in report and "± " in report
     assert "## MoORE-L8 against each method: paired bootstrap" in report and "| lora | **+" in report
     assert "## Conflict: multi-task − single-task" in report and "| moore-L8 | +20.00 |" in report
+    # with intervals: MoORE-L8 gains ~20 points from the mixture and LoRA loses ~10, both beyond the noise
+    noise, versus = report.split("With 95% intervals")[1].split("## Oblivion")[0].split("conflict minus each method's")
+
+    def mean_cell(text: str, method: str) -> str:  # the last column: the mean over tasks
+        return next(line for line in text.splitlines() if line.startswith(f"| {method} |")).split(" | ")[-1]
+
+    assert mean_cell(noise, "moore-L8").startswith("**+") and mean_cell(noise, "lora").startswith("**-")
+    assert mean_cell(versus, "lora").startswith("**+")  # +20 − (−10): MoORE-L8's conflict is the smaller
     assert "still to run" in report  # the other peers have not run
     assert "## Conflict and oblivion against the number of tasks" in report and "| lora | 3 | -5.00 |" in report
     assert "## Task-free inference (MoORE-L8)" in report and "| cola | 95.00 | 80.00 | 78.00 |" in report

@@ -73,18 +73,25 @@ def _resampled_metric(metric: str, predictions: np.ndarray, labels: np.ndarray, 
 def paired_bootstrap(a: list[dict], b: list[dict], tasks: list[str], seed: int = 0) -> dict[str, tuple]:
     """Δ = a − b per task and on the average, with a 95% interval: test examples resampled (the same
     resample for both methods), each method's score the mean over its seeds on that resample."""
+    return paired_bootstrap_of(lambda scores: scores[0] - scores[1], [a, b], tasks, seed)
+
+
+def paired_bootstrap_of(statistic, groups: list[list[dict]], tasks: list[str], seed: int = 0) -> dict[str, tuple]:
+    """``statistic`` of the groups' scores (a list, one array of resampled scores per group: each
+    group's mean over its runs) per task and on the average, with a 95% interval; every group is
+    scored on the same resamples of the test examples, so differences between them pair up."""
     rng = np.random.default_rng(seed)
-    out, deltas = {}, []
+    out, values = {}, []
     for task in tasks:
-        metric = _metric(a[0], task)
-        labels = np.asarray(a[0]["labels"][task])
+        metric = _metric(groups[0][0], task)
+        labels = np.asarray(groups[0][0]["labels"][task])
         index = rng.integers(0, len(labels), (BOOTSTRAP, len(labels)))
         scores = [np.mean([_resampled_metric(metric, np.asarray(r["predictions"][task]), labels, index)
-                           for r in runs], axis=0) for runs in (a, b)]
-        delta = scores[0] - scores[1]
-        deltas.append(delta)
-        out[task] = _interval(delta)
-    out["average"] = _interval(np.mean(deltas, axis=0))
+                           for r in runs], axis=0) for runs in groups]
+        value = statistic(scores)
+        values.append(value)
+        out[task] = _interval(value)
+    out["average"] = _interval(np.mean(values, axis=0))
     return out
 
 
@@ -610,7 +617,40 @@ def _conflict(suite: Suite, runs: dict, chosen: dict, tasks: list[str], results_
         known = [v for v in values if v is not None]
         lines.append(f"| {m} | " + " | ".join("–" if v is None else f"{100 * v:+.2f}" for v in values)
                      + f" | {100 * np.mean(known):+.2f} |")
-    return lines + ["", "![conflict](conflict.png)", ""]
+    return lines + ["", "![conflict](conflict.png)", "", *_conflict_noise(runs, chosen, conflict, tasks)]
+
+
+def _conflict_noise(runs: dict, chosen: dict, conflict: dict[str, dict[str, float]], tasks: list[str]) -> list[str]:
+    """Conflict with its 95% interval, and MoORE-L8's conflict against each other method's: a paired
+    bootstrap over the test examples (multi-task seeds pooled), for the methods whose every task has
+    its single-task run and whose runs kept their predictions."""
+    complete = {}
+    for m, row in conflict.items():
+        singles = [runs[f"single~{m}~{t}"] for t in tasks if t in row]
+        if len(singles) == len(tasks) and all(t in r.get("predictions", {}) for r, t in zip(singles, tasks)) \
+                and all(set(tasks) <= set(r.get("predictions", {})) for r in chosen[m]):
+            # the single-task runs as one record: each task's predictions from the run trained on it
+            single = {"scores": {t: r["scores"][t] for r, t in zip(singles, tasks)},
+                      "predictions": {t: r["predictions"][t] for r, t in zip(singles, tasks)},
+                      "labels": {t: r["labels"][t] for r, t in zip(singles, tasks)}}
+            complete[m] = [chosen[m], [single]]
+    if not complete:
+        return []
+    lines = [f"With 95% intervals ({BOOTSTRAP} paired resamples of the test examples, multi-task seeds pooled; the "
+             "single-task runs are one seed, so their own seed-to-seed spread is not in the interval). **Bold**: the "
+             "interval excludes 0.", "", "| method | " + " | ".join(tasks) + " | mean |",
+             "|---|" + "---|" * (len(tasks) + 1)]
+    lines += [_bootstrap_row(m, paired_bootstrap_of(lambda x: x[0] - x[1], groups, tasks), tasks)
+              for m, groups in complete.items()]
+    if REFERENCE in complete and len(complete) > 1:
+        lines += ["", f"{REFERENCE}'s conflict minus each method's (> 0: training the tasks together costs "
+                      f"{REFERENCE} less):", "", "| method | " + " | ".join(tasks) + " | mean |",
+                  "|---|" + "---|" * (len(tasks) + 1)]
+        for m, groups in complete.items():
+            if m != REFERENCE:
+                both = paired_bootstrap_of(lambda x: (x[0] - x[1]) - (x[2] - x[3]), complete[REFERENCE] + groups, tasks)
+                lines.append(_bootstrap_row(m, both, tasks))
+    return lines + [""]
 
 
 def _forgetting(chosen: dict, zero_names: list[str], base: dict | None, results_dir: Path) -> list[str]:
