@@ -195,13 +195,13 @@ def _task_free_in_words(records: list[dict], tasks: list[str]) -> list[str]:
                  "seeds pooled; **bold**: the interval excludes 0):", "",
              "| routing | " + " | ".join(tasks) + " | average |", "|---|" + "---|" * (len(tasks) + 1)]
     words = []
-    for routing, label in (("infer", "inferred"), ("unseen", "mean embedding")):
+    for routing, label, name in (("infer", "inferred", "inferred"), ("unseen", "mean embedding", "mean-embedding")):
         result = paired_bootstrap(as_runs(routing), as_runs("own"), tasks)
         lines.append(_bootstrap_row(label, result, tasks))
         worse = [f"{t} ({100 * result[t][0]:+.2f})" for t in tasks if result[t][3] and result[t][0] < 0]
         better = [f"{t} ({100 * result[t][0]:+.2f})" for t in tasks if result[t][3] and result[t][0] > 0]
         mean, low, high, significant = result["average"]
-        words.append(f"The {label} routing loses to the true ids beyond the noise on {', '.join(worse) or 'no task'}"
+        words.append(f"The {name} routing loses to the true ids beyond the noise on {', '.join(worse) or 'no task'}"
                      + (f" and gains on {', '.join(better)}" if better else "")
                      + f"; its average is {100 * mean:+.2f} points from theirs [{100 * low:+.2f}, {100 * high:+.2f}]"
                      + ("." if significant else ", within the noise."))
@@ -225,8 +225,9 @@ def _task_free_plot(path: Path, records: list[dict], tasks: list[str]) -> None:
                yerr=values.std(0, ddof=1) if len(records) > 1 else None, label=label)
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_ylabel("test score (×100)")
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.2)  # room for the legend above the bars
     ax.set_title(f"Task-free inference, MoORE-L8 ({_count(len(records), 'seed')})")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
