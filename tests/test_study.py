@@ -164,6 +164,10 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
     assert mean_cell(versus, "lora").startswith("**+")  # +20 − (−10): MoORE-L8's conflict is the smaller
     assert "still to run" in report  # the other peers have not run
     assert "## Conflict and oblivion against the number of tasks" in report and "| lora | 3 | -5.00 |" in report
+    section = report.split("## Conflict and oblivion against the number of tasks")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| lora | 3 |")).split(" | ")
+    low, high = map(float, row[3].strip("[]").split(", "))
+    assert low < -5.0 < high and high - low < 30  # a real interval around the conflict, from the predictions
     assert "## Task-free inference (MoORE-L8)" in report and "| cola | 95.00 | 80.00 | 78.00 |" in report
     words = next(line for line in report.splitlines() if line.startswith("The inferred routing"))
     assert "| inferred | +0.00 [+0.00, +0.00] |" in report  # cola: the same predictions

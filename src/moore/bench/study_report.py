@@ -158,7 +158,8 @@ def _conflict_plot(path: Path, conflict: dict[str, dict[str, float]], tasks: lis
     plt.close(fig)
 
 
-def _task_count_plot(path: Path, curve: dict[str, dict[int, tuple]], zero: str) -> None:
+def _task_count_plot(path: Path, curve: dict[str, dict[int, tuple]], intervals: dict[str, dict[int, tuple]],
+                     zero: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,7 +168,11 @@ def _task_count_plot(path: Path, curve: dict[str, dict[int, tuple]], zero: str) 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
     for method, points in curve.items():
         ks = sorted(points)
-        left.plot(ks, [100 * points[k][0] for k in ks], marker="o", label=method)
+        conflict = np.array([100 * points[k][0] for k in ks])
+        bounds = [intervals.get(method, {}).get(k, (points[k][0], points[k][0])) for k in ks]  # K = 1: none
+        spread = np.array([[c - 100 * lo for c, (lo, _) in zip(conflict, bounds)],
+                           [100 * hi - c for c, (_, hi) in zip(conflict, bounds)]]).clip(min=0)
+        left.errorbar(ks, conflict, yerr=spread, marker="o", capsize=3, label=method)
         right.plot(ks, [100 * points[k][1] if points[k][1] is not None else np.nan for k in ks], marker="o",
                    label=method)
     left.axhline(0, color="k", lw=0.8)
@@ -263,6 +268,7 @@ def _task_count(suite: Suite, runs: dict, chosen: dict, zero_names: list[str], r
         return []
     z = zero_names[0]
     curve: dict[str, dict[int, tuple]] = {}
+    intervals: dict[str, dict[int, tuple]] = {}  # method -> K -> conflict's 95% interval
     for m in study.single_methods:
         for subset in study.task_subsets:
             singles = {t: runs.get(f"single~{m}~{t}") for t in subset}
@@ -278,21 +284,29 @@ def _task_count(suite: Suite, runs: dict, chosen: dict, zero_names: list[str], r
                 len(tasks): (float(np.mean([np.mean([_primary(r, t) for r in full]) - single[t] for t in subset])),
                              float(np.mean([_zero_shot(r, z) for r in full]))),
             }
+            alone = _single_task_record(runs, m, list(subset))
+            for k, together in ((len(subset), [grouped]), (len(tasks), full)):
+                if alone is not None and _has_predictions(together, subset):
+                    _, low, high, _ = paired_bootstrap_of(_minus, [together, [alone]], list(subset))["average"]
+                    intervals.setdefault(m, {})[k] = (low, high)
     if not curve:
         return []
-    _task_count_plot(results_dir / "task_count.png", curve, z)
+    _task_count_plot(results_dir / "task_count.png", curve, intervals, z)
     subset = study.task_subsets[0]
     lines = ["## Conflict and oblivion against the number of tasks", "",
              f"Conflict: the mean over {', '.join(subset)} of (score trained with K tasks − score trained alone), "
              f"×100; each task sees the same examples at every K (its share of the full mixture). K = 1: the "
              f"single-task runs (conflict 0 by definition; oblivion the mean of their zero-shot {z}); K = "
-             f"{len(tasks)}: the main runs, mean over seeds. {_zero_label(z)}: test split, "
+             f"{len(tasks)}: the main runs, mean over seeds. Interval: 95%, {BOOTSTRAP} paired resamples of the "
+             f"test examples (the single-task runs' seed spread not included). {_zero_label(z)}: test split, "
              "unseen-task embedding.", "",
-             "| method | K | conflict | zero-shot " + z + " |", "|---|---|---|---|"]
+             "| method | K | conflict | 95% interval | zero-shot " + z + " |", "|---|---|---|---|---|"]
     for m, points in curve.items():
         for k in sorted(points):
             conflict, zero = points[k]
-            lines.append(f"| {m} | {k} | {100 * conflict:+.2f} | {_pct(zero, _scale(z))} |")
+            interval = intervals.get(m, {}).get(k)
+            cell = "–" if interval is None else f"[{100 * interval[0]:+.2f}, {100 * interval[1]:+.2f}]"
+            lines.append(f"| {m} | {k} | {100 * conflict:+.2f} | {cell} | {_pct(zero, _scale(z))} |")
     return lines + ["", "![task count](task_count.png)", ""]
 
 
@@ -621,19 +635,33 @@ def _conflict(suite: Suite, runs: dict, chosen: dict, tasks: list[str], results_
     return lines + ["", "![conflict](conflict.png)", "", *_conflict_noise(runs, chosen, conflict, tasks)]
 
 
+def _single_task_record(runs: dict, method: str, tasks: list[str]) -> dict | None:
+    """A method's single-task runs as one record, each task's scores and predictions from the run
+    trained on it alone (None unless every task has one, with its predictions)."""
+    singles = [runs.get(f"single~{method}~{t}") for t in tasks]
+    if any(r is None or t not in r.get("predictions", {}) for r, t in zip(singles, tasks)):
+        return None
+    return {"scores": {t: r["scores"][t] for r, t in zip(singles, tasks)},
+            "predictions": {t: r["predictions"][t] for r, t in zip(singles, tasks)},
+            "labels": {t: r["labels"][t] for r, t in zip(singles, tasks)}}
+
+
+def _has_predictions(records: list[dict], tasks) -> bool:
+    return all(set(tasks) <= set(r.get("predictions", {})) for r in records)
+
+
+def _minus(scores: list) -> np.ndarray:
+    return scores[0] - scores[1]
+
+
 def _conflict_noise(runs: dict, chosen: dict, conflict: dict[str, dict[str, float]], tasks: list[str]) -> list[str]:
     """Conflict with its 95% interval, and MoORE-L8's conflict against each other method's: a paired
     bootstrap over the test examples (multi-task seeds pooled), for the methods whose every task has
     its single-task run and whose runs kept their predictions."""
     complete = {}
-    for m, row in conflict.items():
-        singles = [runs[f"single~{m}~{t}"] for t in tasks if t in row]
-        if len(singles) == len(tasks) and all(t in r.get("predictions", {}) for r, t in zip(singles, tasks)) \
-                and all(set(tasks) <= set(r.get("predictions", {})) for r in chosen[m]):
-            # the single-task runs as one record: each task's predictions from the run trained on it
-            single = {"scores": {t: r["scores"][t] for r, t in zip(singles, tasks)},
-                      "predictions": {t: r["predictions"][t] for r, t in zip(singles, tasks)},
-                      "labels": {t: r["labels"][t] for r, t in zip(singles, tasks)}}
+    for m in conflict:
+        single = _single_task_record(runs, m, tasks)
+        if single is not None and _has_predictions(chosen[m], tasks):
             complete[m] = [chosen[m], [single]]
     if not complete:
         return []
@@ -641,8 +669,7 @@ def _conflict_noise(runs: dict, chosen: dict, conflict: dict[str, dict[str, floa
              "single-task runs are one seed, so their own seed-to-seed spread is not in the interval). **Bold**: the "
              "interval excludes 0.", "", "| method | " + " | ".join(tasks) + " | mean |",
              "|---|" + "---|" * (len(tasks) + 1)]
-    lines += [_bootstrap_row(m, paired_bootstrap_of(lambda x: x[0] - x[1], groups, tasks), tasks)
-              for m, groups in complete.items()]
+    lines += [_bootstrap_row(m, paired_bootstrap_of(_minus, groups, tasks), tasks) for m, groups in complete.items()]
     if REFERENCE in complete and len(complete) > 1:
         lines += ["", f"{REFERENCE}'s conflict minus each method's (> 0: training the tasks together costs "
                       f"{REFERENCE} less):", "", "| method | " + " | ".join(tasks) + " | mean |",
