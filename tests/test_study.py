@@ -123,6 +123,9 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
         for t in TASKS:
             runs[f"single~{m}~{t}"] = _record(f"x{m}{t}", m, 0.6, tasks=[t], correct=0.7)
     runs["precision~moore-L8~bf16"] = _record("p", "moore-L8", 0.6, lr=1e-3, correct=0.75)
+    for seed, jitter in enumerate((0.0, 0.01, -0.01)):  # MoORE-L8 forgets 10 points more than LoRA, seed after seed
+        runs[f"seed~moore-L8~s{seed}"]["zero_shot"] = {"stsbenchmark": {"spearman": 0.70 + jitter}}
+        runs[f"seed~lora~s{seed}"]["zero_shot"] = {"stsbenchmark": {"spearman": 0.80 - jitter}}
     for m in ("full", "lora", "moore-L8"):
         runs[f"taskcount~{m}~k3"] = _record(f"k{m}", m, 0.6, tasks=["cola", "sst2", "rte"], correct=0.65)
     scores = {r: {t: {"mcc" if t == "cola" else "f1" if t == "mrpc" else "accuracy": v} for t in TASKS}
@@ -180,7 +183,12 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
     assert "| majority class (the most frequent test label, always) | – | – | 0.00 |" in report  # CoLA's MCC
     assert "from the base model at step 0 (the same validation sets)" in report
     assert "## Oblivion: what the base model could do before" in report
-    assert "| base model (no training) | – | 82.03 | – |" in report and "| moore-L8 | 3 | 80.00 ± 0.00 | -2.03 |" in report
+    assert "| base model (no training) | – | 82.03 | – |" in report and "| moore-L8 | 3 | 70.00 ± 1.00 | -12.03 |" in report
+    assert "Welch's t-test" in report and "| lora | **-10.00** | **0." in report  # a gap far beyond the seed spread
+    from moore.bench.study_report import _forgetting_across_seeds
+
+    flat = {m: [{"zero_shot": {"stsbenchmark": {"spearman": 0.8}}}] * 3 for m in ("moore-L8", "lora")}
+    assert "| lora | +0.00 | – |" in "\n".join(_forgetting_across_seeds(flat, ["stsbenchmark"]))  # no spread: no test
     for png in ("convergence.png", "conflict.png", "forgetting.png", "task_count.png", "task_free.png", "added_task.png"):
         assert (tmp_path / png).stat().st_size > 1000
 
