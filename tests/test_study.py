@@ -102,6 +102,43 @@ def test_the_plan_unfolds_phase_by_phase():
     assert added.tasks == ("rte",) and added.max_train == 1000 and added.lr == SUITE.study.added_lr
 
 
+def test_a_winner_at_the_grids_edge_extends_the_grid_past_it():
+    from moore.bench.study_report import _rates
+    from moore.bench.suites import next_rate
+
+    assert [next_rate(1e-4, True), next_rate(3e-4, True), next_rate(1e-4, False), next_rate(3e-4, False)] == [
+        3e-4, 1e-3, 3e-5, 1e-4]
+    suite = replace(SUITE, study=replace(SUITE.study, grid_extensions=2, tuned_methods=("full", "lora"),
+                                         reflection_factors=()))
+    runs = {"convergence~full": _record("c1", "full", 0.7), "convergence~moore-L8": _record("c2", "moore-L8", 0.6)}
+
+    def grid_names(runs):
+        return sorted(s.name for s in plan(suite, runs) if s.phase == "grid")
+
+    def run_grid(best: dict[str, float]):  # validation peaks at each method's best rate
+        for spec in plan(suite, runs):
+            if spec.phase == "grid" and spec.name not in runs:
+                runs[spec.name] = _record(spec.name, spec.method, 0.7 - abs(np.log10(spec.lr / best[spec.method])),
+                                          lr=spec.lr)
+
+    best = {"full": 5e-5, "lora": 1e-2}  # full's best inside its grid; LoRA's two rungs past its top edge
+    run_grid(best)
+    edge = "\n".join(_rates(SUITE, runs, []))  # the grid as given: LoRA's winner at its top edge, said so
+    assert "lora (3e-3, the highest rate tried)" in edge and "does not extend" in edge and "full (" not in edge
+    assert "grid~lora~lr1e-2" in grid_names(runs) and "grid~full~lr3e-4" not in grid_names(runs)
+    seeds = {s.method for s in plan(suite, runs) if s.phase == "seed"}
+    assert seeds == {"full"}  # LoRA's rate is not chosen yet, nor the rate of any method that takes LoRA's
+    run_grid(best)  # 1e-2 wins: the second and last extension, 3e-2, loses to it
+    assert "grid~lora~lr3e-2" in grid_names(runs)
+    run_grid(best)
+    specs = {s.name: s for s in plan(suite, runs)}
+    assert specs["seed~lora~s0"].lr == 1e-2 and specs["seed~full~s0"].lr == 5e-5
+    assert "grid~lora~lr1e-1" not in specs  # no more than grid_extensions past the grid
+    assert "Chosen at an edge" not in "\n".join(_rates(suite, runs, []))
+    plain = {s.name for s in plan(SUITE, runs)}  # without extensions, the grid as given
+    assert "grid~lora~lr1e-2" not in plain
+
+
 def test_paired_bootstrap_finds_real_differences_and_not_noise():
     good = [_record("a", "m", 0.7, correct=0.95)]
     same = [dict(good[0])]

@@ -41,7 +41,7 @@ from ..runconfig import TrainingSpec
 from ..training.checkpoints import read_log
 from ..training.mixing import mixing_probabilities
 from .provenance import provenance
-from .suites import ABLATION, PEER, REFERENCE, Study, Suite, get_suite, lr_text, resolve_adapter
+from .suites import ABLATION, PEER, REFERENCE, Study, Suite, get_suite, lr_text, next_rate, resolve_adapter
 
 
 def beyond_specs(*args) -> list:
@@ -115,12 +115,22 @@ def plan(suite: Suite, runs: dict[str, dict]) -> list[RunSpec]:
     rates: dict[str, tuple[float, dict]] = {}  # method -> (lr, param_lrs) chosen on validation
     winners: dict[str, RunSpec] = {}
     for m in tuned:
-        grid = [RunSpec(f"grid~{m}~lr{lr_text(lr)}", "grid", m, lr, steps=grid_steps, bf16="grid" in study.bf16_phases)
-                for lr in study.grid(suite.family(m))]
+        rates_tried = list(study.grid(suite.family(m)))
+        grid = []
+        for extension in range(study.grid_extensions + 1):
+            grid += [RunSpec(f"grid~{m}~lr{lr_text(lr)}", "grid", m, lr, steps=grid_steps,
+                             bf16="grid" in study.bf16_phases) for lr in rates_tried[len(grid):]]
+            if not all(s.name in runs for s in grid):
+                break
+            winner = max(grid, key=lambda s: runs[s.name]["validation_best"])
+            edge = max(rates_tried) if winner.lr == max(rates_tried) else min(rates_tried) \
+                if winner.lr == min(rates_tried) else None
+            if edge is None or extension == study.grid_extensions:
+                break
+            rates_tried.append(next_rate(edge, up=edge == max(rates_tried)))  # past the edge the winner sits on
         specs += grid
         if not all(s.name in runs for s in grid):
             continue
-        winner = max(grid, key=lambda s: runs[s.name]["validation_best"])
         if m == REFERENCE and study.reflection_factors:
             variants = [replace(winner, name=f"grid~{m}~lr{lr_text(winner.lr)}~refl{f:g}",
                                 param_lrs={"reflections": winner.lr * f}) for f in study.reflection_factors]

@@ -401,7 +401,7 @@ def write_study_report(suite_name: str, results_dir: Path) -> Path:
                   f"are planned as earlier ones finish). Continue with `moore bench {suite_name} --workers N`; it "
                   "resumes per run.", ""]
     lines += _convergence(suite, runs, results_dir)
-    lines += _rates(runs, todo)
+    lines += _rates(suite, runs, todo)
     lines += _precision(suite, runs)
     chosen = chosen_runs(suite, runs)
     if chosen:
@@ -437,6 +437,9 @@ def _protocol(suite: Suite) -> str:
             f"step count is the first evaluation where both validation averages are within "
             f"{100 * study.plateau:.1f} points of their best. (2) Learning rates, on validation, seed 0, "
             f"{100 * study.grid_fraction:.0f}% of the steps, for {', '.join(study.tuned_methods)}: {grids}")
+    if study.grid_extensions:
+        text += (f"; a winner at an edge of its grid adds the next rate past that edge on the 1-3-10 ladder, up to "
+                 f"{study.grid_extensions} times")
     if study.reflection_factors:
         text += (f"; MoORE-L8's reflections also at {', '.join(f'{f:g}×' for f in study.reflection_factors)} its rate "
                  "(`training.param_lrs`)")
@@ -483,7 +486,7 @@ def _convergence(suite: Suite, runs: dict, results_dir: Path) -> list[str]:
     return lines
 
 
-def _rates(runs: dict, todo: list[str]) -> list[str]:
+def _rates(suite: Suite, runs: dict, todo: list[str]) -> list[str]:
     grid = {name: r for name, r in runs.items() if name.startswith("grid~")}
     if not grid:
         return []
@@ -493,11 +496,20 @@ def _rates(runs: dict, todo: list[str]) -> list[str]:
     for name, r in grid.items():
         if r["validation_best"] > best.get(r["method"], (None, -1.0))[1]:
             best[r["method"]] = (name, r["validation_best"])
+    edges = []  # methods whose chosen rate is still the highest or lowest they tried
     for name, r in sorted(grid.items(), key=lambda item: (item[1]["method"], item[1]["lr"], len(item[0]))):
         rate = lr_text(r["lr"]) + "".join(f", {k} {lr_text(v)}" for k, v in r["param_lrs"].items())
         pending = any(n.startswith(f"grid~{r['method']}~") for n in todo)
         chosen = (" (best so far)" if pending else " (chosen)") if best[r["method"]][0] == name else ""
         lines.append(f"| {r['method']} | {rate}{chosen} | {_pct(r['validation_best'])} |")
+        tried = [g["lr"] for g in grid.values() if g["method"] == r["method"]]
+        if chosen == " (chosen)" and r["lr"] in (min(tried), max(tried)) and len(set(tried)) > 1:
+            edges.append(f"{r['method']} ({lr_text(r['lr'])}, the {'lowest' if r['lr'] == min(tried) else 'highest'} "
+                         "rate tried)")
+    if edges:
+        lines += ["", f"Chosen at an edge of the rates tried, so a rate beyond it might do better: {', '.join(edges)}"
+                      + (f", after {suite.study.grid_extensions} extension(s) of the grid." if suite.study.grid_extensions
+                         else "; this study does not extend its grids (`grid_extensions`).")]
     return lines + [""]
 
 

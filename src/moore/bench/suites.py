@@ -7,6 +7,8 @@ are sized to the suite's reference method (MoORE-L8) with ``moore.match_budget``
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -96,6 +98,9 @@ class Study:
     plateau: float = 0.005  # a validation average within this of the best has stopped improving
     reflection_factors: tuple[float, ...] = (0.1, 0.3)  # MoORE-L8's reflections at lr × these
     grid_fraction: float = 0.5  # selection runs are this share of the chosen steps
+    # a winner at the grid's edge says only that the best rate may lie beyond it: try the next rate on
+    # the 1-3-10 ladder past that edge, up to this many times per method (0: the grid as given)
+    grid_extensions: int = 0
     tuned_methods: tuple[str, ...] = ()  # get a grid of their own; the others take lr_donor's rate
     lr_donor: str = "lora"
     # phases trained in bf16 autocast (evaluation: ``evaluation.bf16``). With "precision", a precision run
@@ -119,6 +124,17 @@ class Study:
 
     def grid(self, family: str) -> tuple[float, ...]:
         return self.grids[FULL] if family == FULL else self.grids["adapter"]
+
+
+def next_rate(lr: float, up: bool) -> float:
+    """The neighbour of ``lr`` on the 1-3-10 ladder (1e-4 -> 3e-4 up, 3e-5 down); off the ladder, ×/÷ 3."""
+    exponent = math.floor(math.log10(lr) + 1e-9)
+    mantissa = lr / 10**exponent
+    if math.isclose(mantissa, 1, rel_tol=1e-6):
+        return float(f"3e{exponent}") if up else float(f"3e{exponent - 1}")
+    if math.isclose(mantissa, 3, rel_tol=1e-6):
+        return float(f"1e{exponent + 1}") if up else float(f"1e{exponent}")
+    return lr * 3 if up else lr / 3
 
 
 @dataclass(frozen=True)
@@ -252,6 +268,7 @@ def _csr_mtl(quick: bool) -> Suite:
                   main_methods=("moore-L8", "moore-L8-rms", "lora", "full"), single_methods=(),
                   tuned_methods=("moore-L8", "lora", "full"), convergence={"full": 3e-5, REFERENCE: 3e-4},
                   convergence_steps=800, eval_every=100, seeds=(0, 1, 2), reflection_factors=(),
+                  grid_extensions=2,  # full fine-tuning's best grid rate was its highest, 1e-4
                   # validation: ARC-C 111 + 3 x 200 examples, so its average has a standard error of about 1.9
                   # points; a smaller tolerance would pick the step of the noisiest evaluation, not a plateau
                   plateau=0.02,
@@ -264,7 +281,7 @@ def _csr_mtl(quick: bool) -> Suite:
         tasks = [{**t, "max_train": 24, "max_validation": 8, "max_eval": 8} for t in tasks[:2]]
         methods = {m: methods[m] for m in ("full", "lora", REFERENCE)}
         study = replace(study, grids={FULL: (3e-5,), "adapter": (3e-4,)}, main_methods=(REFERENCE,),
-                        tuned_methods=(REFERENCE, "lora", "full"), convergence_steps=4, eval_every=2)
+                        tuned_methods=(REFERENCE, "lora", "full"), convergence_steps=4, eval_every=2, grid_extensions=0)
         zero_shot = [{**z, "max_eval": 8} for z in zero_shot]
     return Suite(
         name="csr-mtl-quick" if quick else "csr-mtl",
