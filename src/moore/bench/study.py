@@ -123,11 +123,9 @@ def plan(suite: Suite, runs: dict[str, dict]) -> list[RunSpec]:
             if not all(s.name in runs for s in grid):
                 break
             winner = max(grid, key=lambda s: runs[s.name]["validation_best"])
-            edge = max(rates_tried) if winner.lr == max(rates_tried) else min(rates_tried) \
-                if winner.lr == min(rates_tried) else None
-            if edge is None or extension == study.grid_extensions:
+            if winner.lr not in (min(rates_tried), max(rates_tried)) or extension == study.grid_extensions:
                 break
-            rates_tried.append(next_rate(edge, up=edge == max(rates_tried)))  # past the edge the winner sits on
+            rates_tried.append(next_rate(winner.lr, up=winner.lr == max(rates_tried)))  # past the edge it sits on
         specs += grid
         if not all(s.name in runs for s in grid):
             continue

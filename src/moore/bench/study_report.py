@@ -73,7 +73,7 @@ def _resampled_metric(metric: str, predictions: np.ndarray, labels: np.ndarray, 
 def paired_bootstrap(a: list[dict], b: list[dict], tasks: list[str], seed: int = 0) -> dict[str, tuple]:
     """Δ = a − b per task and on the average, with a 95% interval: test examples resampled (the same
     resample for both methods), each method's score the mean over its seeds on that resample."""
-    return paired_bootstrap_of(lambda scores: scores[0] - scores[1], [a, b], tasks, seed)
+    return paired_bootstrap_of(_minus, [a, b], tasks, seed)
 
 
 def paired_bootstrap_of(statistic, groups: list[list[dict]], tasks: list[str], seed: int = 0) -> dict[str, tuple]:
