@@ -589,7 +589,7 @@ def _scores(suite: Suite, chosen: dict, tasks: list[str], zero_names: list[str],
 
 
 def _significance(chosen: dict, tasks: list[str]) -> list[str]:
-    if REFERENCE not in chosen or not all(set(tasks) <= set(r["predictions"]) for rs in chosen.values() for r in rs):
+    if REFERENCE not in chosen or not all(_has_predictions(rs, tasks) for rs in chosen.values()):
         return []
     lines = ["## MoORE-L8 against each method: paired bootstrap", "",
              f"Δ = MoORE-L8 − method, ×100, with its 95% interval: {BOOTSTRAP} resamples of the test examples, the "
