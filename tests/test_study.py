@@ -277,6 +277,8 @@ def test_the_quick_study_runs_end_to_end(tmp_path):
     assert any(n.startswith("single~moore-L8~") for n in names)
     record = json.loads((tmp_path / "res" / "runs" / "seed~moore-L8~s0.json").read_text())
     assert set(record["predictions"]) == {"cola", "sst2", "mrpc"} and record["train_seconds"] > 0
+    similarities = record["zero_shot_predictions"]["stsbenchmark"]  # kept for a paired bootstrap of forgetting
+    assert len(similarities) == len(record["zero_shot_labels"]["stsbenchmark"]) > 0
     base = json.loads((tmp_path / "res" / "runs" / "base.json").read_text())
     assert base["curve"][0]["step"] == 0 and "stsbenchmark" in base["curve"][0]["zero_shot"]  # the curves' step 0
     for name in ("taskfree~moore-L8~s0", "heldout~moore-L8~mrpc", "addtask~moore-L8~n20", "addtask~lora~n20",
@@ -291,6 +293,17 @@ def test_the_quick_study_runs_end_to_end(tmp_path):
     assert "## Scores" in report and "## Conflict" in report and "## Task-free inference" in report
     assert "| base model (no training) |" in report
     assert "## Adding a task" in report and "## Precision" in report
+    # run files from before runs kept zero-shot predictions get them again from the saved models, as recorded
+    for name in ("seed~moore-L8~s0", "base"):
+        path = tmp_path / "res" / "runs" / f"{name}.json"
+        old = json.loads(path.read_text())
+        write_json(path, {k: v for k, v in old.items() if not k.startswith("zero_shot_")})
+    added = moore_cli("bench", "nlu-mtl-quick", "--add-zero-shot-predictions", "--data-dir", REAL_DATA,
+                      "--results-dir", tmp_path / "res", "--runs-dir", tmp_path / "runs", "--device", "cpu")
+    assert "zero-shot predictions added to: base, seed~moore-L8~s0" in added.stdout
+    restored = json.loads((tmp_path / "res" / "runs" / "seed~moore-L8~s0.json").read_text())
+    assert restored["zero_shot_predictions"] == record["zero_shot_predictions"]
+    assert "Δ stsbenchmark" in (tmp_path / "res" / "REPORT.md").read_text()
     again = moore_cli("bench", "nlu-mtl-quick", "--run", "seed~moore-L8~s0", "--data-dir", REAL_DATA,
                       "--results-dir", tmp_path / "res", "--runs-dir", tmp_path / "runs2", "--device", "cpu",
                       "--no-progress")
@@ -354,3 +367,58 @@ def test_the_cost_names_each_runs_device_and_never_guesses_one():
     assert study_cost(runs)["devices"] == ["cpu", "cuda"]  # no GPU on its machine: it ran on the CPU
     assert study_cost({**runs, "old_gpu": old_gpu})["devices"] == ["?", "cpu", "cuda"]  # a GPU there: unknown
     assert study_cost(runs)["hours"] == pytest.approx(3 * 9.0 / 3600)
+
+
+def test_the_resampled_spearman_is_scipys_on_every_resample_ties_included():
+    from scipy.stats import pearsonr, spearmanr
+
+    from moore.bench.study_report import _resampled_metric
+
+    rng = np.random.default_rng(0)
+    labels = np.round(rng.uniform(0, 5, 60), 1)  # STS-like gold scores, many ties
+    predictions = labels / 5 + rng.normal(0, 0.2, 60)
+    index = rng.integers(0, 60, (20, 60))  # resamples repeat examples: ties in both columns
+    for metric, reference in (("spearman", spearmanr), ("pearson", pearsonr)):
+        got = _resampled_metric(metric, predictions, labels, index)
+        want = [reference(predictions[i], labels[i])[0] for i in index]
+        np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def test_forgetting_gets_intervals_from_the_zero_shot_predictions(tmp_path):
+    """Runs that keep their zero-shot predictions: Δ against the base model and MoORE-L8 against each
+    method with paired-bootstrap intervals, bold only where the gap is beyond the noise."""
+    from moore.data.metrics import spearman
+
+    rng = np.random.default_rng(0)
+    gold = np.round(rng.uniform(0, 5, 400), 1)
+
+    before = gold / 5 + rng.normal(0, 0.3, gold.size)  # the base model's similarities
+
+    def probe(noise: float, seed: int) -> list[float]:  # a trained model's: the base model's, moved by noise
+        return (before + np.random.default_rng(seed).normal(0, noise, gold.size)).tolist()
+
+    runs = {}
+    for seed, (m, noise) in enumerate((("moore-L8", 0.02), ("lora", 0.02), ("full", 1.0))):  # only full forgets
+        record = _record(f"s{m}", m, 0.6)
+        record.update(zero_shot_predictions={"stsbenchmark": probe(noise, seed)},
+                      zero_shot_labels={"stsbenchmark": gold.tolist()})
+        record["zero_shot"] = {"stsbenchmark": {"spearman": spearman(record["zero_shot_predictions"]["stsbenchmark"],
+                                                                     gold)}}
+        runs[f"seed~{m}~s0"] = record
+    base = {**_record("b", "base", 0.0, correct=0.5), "average": 0.5}
+    base.update(zero_shot_predictions={"stsbenchmark": before.tolist()}, zero_shot_labels={"stsbenchmark": gold.tolist()})
+    base["zero_shot"] = {"stsbenchmark": {"spearman": spearman(base["zero_shot_predictions"]["stsbenchmark"], gold)}}
+    runs["base"] = base
+    for name, record in runs.items():
+        write_json(tmp_path / "runs" / f"{name}.json", record)
+    report = write_study_report("nlu-mtl", tmp_path).read_text()
+    section = report.split("## Oblivion")[1].split("Over training")[0]
+
+    def row(method: str, table: str) -> list[str]:
+        return next(line for line in table.splitlines() if line.startswith(f"| {method} |")).split(" | ")
+
+    table, versus = section.split("against each method: Δ")
+    assert row("full", table)[-1].startswith("**-") and "[" in row("full", table)[-1]  # forgot, beyond the noise
+    assert not row("lora", table)[-1].startswith("**") and "[" in row("lora", table)[-1]  # the same noise: no claim
+    assert row("full", versus)[1].startswith("**+")  # MoORE-L8 keeps more than full fine-tuning
+    assert not row("lora", versus)[1].startswith("**")

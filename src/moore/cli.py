@@ -148,6 +148,9 @@ def bench(
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda (default: the GPU if any)")] = None,
     time_budget: Annotated[Optional[float], typer.Option(help="a study: start no run after this many seconds")] = None,
     progress: Annotated[bool, typer.Option(help="tqdm progress bars")] = True,
+    add_zero_shot_predictions: Annotated[bool, typer.Option(
+        "--add-zero-shot-predictions", help="a study: score the zero-shot probes again from the saved models of "
+        "run files written before runs kept their zero-shot predictions, and add them (then rebuild the report)")] = False,
 ) -> None:
     """Run every method of a suite on the same data and budget (a study suite: its whole protocol), then
     write the report."""
@@ -169,6 +172,11 @@ def bench(
             if run:
                 execute(suite, run, results_dir, runs_dir, data_dir, device=device, progress=progress)
                 return
+            if add_zero_shot_predictions:
+                from .bench.study import add_zero_shot_predictions as add
+
+                typer.echo(f"zero-shot predictions added to: {', '.join(add(suite, results_dir, runs_dir, data_dir, device)) or 'none'}")
+                report = True
             if not report:
                 run_study(suite, results_dir, runs_dir, data_dir, workers=workers, device=device,
                           time_budget=time_budget)

@@ -27,7 +27,7 @@ from ..multitask import MultiTaskModel
 from ..runconfig import TaskSpec
 from ..training.new_task import add_and_train_task, train_trainable
 from .provenance import provenance
-from .study import RunSpec, plan, train_run
+from .study import RunSpec, plan, train_run, zero_shot_predictions_record
 from .suites import REFERENCE, Suite
 
 logger = logging.getLogger(__name__)
@@ -122,10 +122,13 @@ def _task_free(suite: Suite, spec: RunSpec, folder: Path, data_dir: Path | None,
     predictions: dict[str, dict] = {r: {} for r in ROUTINGS}  # for a paired bootstrap between routings
     scores = {r: evaluate_tasks(model, test, batch_size=batch_size, task_id=tid, bf16=bf16, predictions=predictions[r])
               for r, tid in ROUTINGS.items()}
-    zero_shot = {r: evaluate_tasks(model, zero_data, batch_size=batch_size, task_id=ROUTINGS[r], bf16=bf16)
-                 for r in ("infer", "unseen")}
+    zero_predictions: dict[str, dict] = {r: {} for r in ("infer", "unseen")}
+    zero_shot = {r: evaluate_tasks(model, zero_data, batch_size=batch_size, task_id=ROUTINGS[r], bf16=bf16,
+                                   predictions=zero_predictions[r]) for r in ("infer", "unseen")}
     return {"tasks": [t.name for t in tasks], "classifier_train_accuracy": fitted, "identification": identification,
             "scores_by_routing": scores, "zero_shot_by_routing": zero_shot, "predictions_by_routing": predictions,
+            "zero_shot_predictions_by_routing": zero_predictions,
+            "zero_shot_labels": zero_shot_predictions_record(zero_data, zero_predictions["unseen"])["zero_shot_labels"],
             "labels": {n: [e["label"] for e in examples] for n, (_, examples) in test.items()}, "train_seconds": seconds}
 
 

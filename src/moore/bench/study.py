@@ -245,6 +245,11 @@ def execute(suite_name: str, name: str, results_dir: Path, runs_dir: Path, data_
         ev = config.evaluation
         evaluate_tasks(model, trainer.test_data, batch_size=ev.batch_size, scoring=ev.scoring,
                        max_new_tokens=ev.max_new_tokens, bf16=ev.bf16, predictions=predictions)
+    zero_predictions = dict(trainer.zero_shot_predictions)
+    if trainer.zero_shot and not zero_predictions:  # likewise for the zero-shot probes (perplexity has none)
+        ev = config.evaluation
+        evaluate_tasks(model, trainer.zero_shot_data, batch_size=ev.batch_size, scoring=ev.scoring,
+                       max_new_tokens=ev.max_new_tokens, task_id=None, bf16=ev.bf16, predictions=zero_predictions)
     zero_shot_metric = {t.name: t.metric for t in trainer.zero_shot}
     curve = [{"step": r["step"], "average": r.get("average"),
               "scores": {t: s.get(trainer.eval_data[t][0].metric) for t, s in r["eval"].items()},
@@ -261,6 +266,7 @@ def execute(suite_name: str, name: str, results_dir: Path, runs_dir: Path, data_
         "best_step": results["best_step"], "validation_best": max(c["average"] for c in curve),
         "curve": curve, "predictions": predictions,
         "labels": {t: [e["label"] for e in examples] for t, (_, examples) in trainer.test_data.items()},
+        **zero_shot_predictions_record(trainer.zero_shot_data, zero_predictions),
         "train_sizes": {t: len(v) for t, v in trainer.train_data.items()} if not spec.tasks else None,
         "wall_seconds": seconds, "train_seconds": results["seconds"], "device": str(trainer.ctx.device),
         **provenance(f"moore bench {suite_name} --run {name}"),
@@ -291,7 +297,7 @@ def _execute_base(suite: Suite, results_dir: Path, data_dir: Path | None, device
     zero_data = {t.name: (t, t.load(data_dir, ev.split, limit=limits[t.name], seed=0)) for t in zero}
     kwargs = dict(batch_size=ev.batch_size, scoring=ev.scoring, max_new_tokens=ev.max_new_tokens, task_id=None,
                   bf16=ev.bf16)
-    scores, predictions = {}, {}
+    scores, predictions, zero_predictions = {}, {}, {}
     validation, zero_validation = validation_sets(config, tasks, zero, data_dir, seed=0)
     curve_point: dict = {"step": 0, "average": None, "scores": {}, "zero_shot": {}}
     if model.kind == "decoder":  # the LoRA's B is zero at init: these are the base model's own answers
@@ -306,7 +312,8 @@ def _execute_base(suite: Suite, results_dir: Path, data_dir: Path | None, device
         "suite": suite.name, "name": "base", "phase": "base", "method": "base", "lr": 0.0, "seed": 0, "steps": 0,
         "tasks": [t.name for t in tasks], "scores": scores,
         "average": primary_average(scores, tasks) if scores else None,
-        "zero_shot": evaluate_tasks(model, zero_data, **kwargs), "predictions": predictions,
+        "zero_shot": evaluate_tasks(model, zero_data, **kwargs, predictions=zero_predictions),
+        **zero_shot_predictions_record(zero_data, zero_predictions), "predictions": predictions,
         "labels": {n: [e["label"] for e in examples] for n, (_, examples) in test.items()} if predictions else {},
         "trainable_parameters": 0, "share": 0.0, "curve": [curve_point], "validation_best": None,
         "wall_seconds": time.time() - start, "train_seconds": 0.0, "device": str(model.device),
@@ -314,6 +321,65 @@ def _execute_base(suite: Suite, results_dir: Path, data_dir: Path | None, device
     }
     write_json(Path(results_dir) / "runs" / "base.json", record)
     return record
+
+
+def zero_shot_predictions_record(data: dict, predictions: dict) -> dict:
+    """The zero-shot probes' predictions and labels as a run file keeps them, for a paired bootstrap of
+    forgetting (probes without predictions, e.g. perplexity, are left out)."""
+    return {"zero_shot_predictions": predictions,
+            "zero_shot_labels": {n: [e["label"] for e in examples] for n, (_, examples) in data.items()
+                                 if n in predictions}}
+
+
+def add_zero_shot_predictions(suite_name: str, results_dir: Path, runs_dir: Path, data_dir: Path | None,
+                              device: str | None = None) -> list[str]:
+    """Zero-shot predictions for run files written before runs kept them: each run's saved model
+    (``RUNS/SUITE/NAME/final``; the base model rebuilt at its identity init) scores the zero-shot test
+    sets again with the unseen-task embedding, as the run did. A file is rewritten only where every
+    score comes out as recorded; runs whose model is not on this machine are left as they are.
+    Returns the names of the files updated."""
+    from ..evaluation import evaluate_tasks
+    from ..multitask import MultiTaskModel
+    from ..runconfig import build_tasks, load_run_config
+
+    suite, updated = get_suite(suite_name), []
+    for name, record in sorted(load_runs(results_dir).items()):
+        if not record.get("zero_shot") or "zero_shot_predictions" in record or record["phase"] in ("taskfree", "addtask"):
+            continue
+        folder = Path(runs_dir) / suite.name / name
+        if name == "base":
+            data = copy.deepcopy(suite.config)
+            data.update(adapter={"method": "lora"}, output_dir=str(Path(results_dir) / "unused"))
+            config = load_run_config(data=data)
+            torch.manual_seed(0)
+            model = MultiTaskModel.build(config.model, config.adapter, build_tasks(config.tasks),
+                                         task_specs=config.tasks)
+        elif (folder / "final" / "adapter_config.json").is_file() and (folder / "run_config.json").is_file():
+            config = load_run_config(folder / "run_config.json")
+            _, specs = MultiTaskModel.read_specs(folder / "final")
+            model = MultiTaskModel.load(folder / "final", [s.build() for s in specs])
+        else:
+            logger.info("%s: no saved model under %s; its file keeps no zero-shot predictions", name, folder)
+            continue
+        model.to(device or "cpu")
+        ev, data_root = config.evaluation, config.resolved_data_dir(data_dir)
+        probes = [t for t in build_tasks(ev.zero_shot) if t.kind != "language_modeling" and t.name in record["zero_shot"]]
+        limits = {s.name: s.max_eval for s in ev.zero_shot}
+        zero_data = {t.name: (t, t.load(data_root, ev.split, limit=limits[t.name], seed=0)) for t in probes}
+        predictions: dict = {}
+        scores = evaluate_tasks(model, zero_data, batch_size=ev.batch_size, scoring=ev.scoring,
+                                max_new_tokens=ev.max_new_tokens, task_id=None, bf16=ev.bf16, predictions=predictions)
+        off = {t: (s, record["zero_shot"][t]) for t, s in scores.items()
+               if any(abs(v - record["zero_shot"][t].get(m, v)) > 1e-6 for m, v in s.items())}
+        if off:
+            logger.warning("%s: its saved model scores %s, not the recorded %s; its file is left as it is", name,
+                           {t: a for t, (a, _) in off.items()}, {t: b for t, (_, b) in off.items()})
+            continue
+        record.update(zero_shot_predictions_record(zero_data, predictions))
+        write_json(Path(results_dir) / "runs" / f"{name}.json", record)
+        updated.append(name)
+        logger.info("%s: zero-shot predictions added (%s)", name, ", ".join(predictions))
+    return updated
 
 
 # --- the whole study ---------------------------------------------------------------------------------------

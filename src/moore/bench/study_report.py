@@ -54,8 +54,16 @@ def _zero_shot(record: dict, task: str) -> float | None:
 
 # --- paired bootstrap -------------------------------------------------------------------------------
 def _resampled_metric(metric: str, predictions: np.ndarray, labels: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """The metric on each bootstrap resample (rows of ``index``) of a binary task, vectorised."""
+    """The metric on each bootstrap resample (rows of ``index``) of a binary task, or a correlation of
+    scores (spearman, pearson), vectorised."""
     p, y = predictions[index], labels[index]  # (B, n)
+    if metric in ("spearman", "pearson"):
+        if metric == "spearman":  # Pearson of the ranks, ties (resampled duplicates) at their mean rank
+            from scipy.stats import rankdata
+
+            p, y = rankdata(p, axis=1), rankdata(y, axis=1)
+        p, y = p - p.mean(1, keepdims=True), y - y.mean(1, keepdims=True)
+        return (p * y).sum(1) / np.sqrt((p * p).sum(1) * (y * y).sum(1))
     if metric in ("accuracy", "accuracy_norm"):  # accuracy_norm: accuracy of the length-normalised picks
         return (p == y).mean(1)
     tp = ((p == 1) & (y == 1)).sum(1).astype(float)
@@ -335,8 +343,15 @@ def _task_free(suite: Suite, runs: dict, results_dir: Path) -> list[str]:
     for z in zero:
         inferred = [_zero_shot({"zero_shot": rec["zero_shot_by_routing"]["infer"]}, z) for rec in records]
         mean = [_zero_shot({"zero_shot": rec["zero_shot_by_routing"]["unseen"]}, z) for rec in records]
+        by_routing = {r: [{"zero_shot": rec["zero_shot_by_routing"][r],
+                           "zero_shot_predictions": rec.get("zero_shot_predictions_by_routing", {}).get(r, {}),
+                           "zero_shot_labels": rec.get("zero_shot_labels", {})} for rec in records]
+                      for r in ("infer", "unseen")}
+        delta = _zero_shot_bootstrap(by_routing["infer"], by_routing["unseen"], z)
         lines += ["", f"Zero-shot {z} ({get_task(z).metric}): inferred mixture {_mean_std(inferred, _scale(z))}, "
-                      f"mean embedding {_mean_std(mean, _scale(z))}."]
+                      f"mean embedding {_mean_std(mean, _scale(z))}"
+                      + (f"; inferred − mean embedding {_delta_cell(delta, _scale(z))} (95% interval, {BOOTSTRAP} paired "
+                         "resamples of its test examples)." if delta is not None else ".")]
     return lines + ["", "![task-free inference](task_free.png)", ""]
 
 
@@ -693,6 +708,29 @@ def _conflict_noise(runs: dict, chosen: dict, conflict: dict[str, dict[str, floa
     return lines + [""]
 
 
+def _zero_shot_view(record: dict) -> dict:
+    """A run's zero-shot probes in the shape the paired bootstrap reads (scores, predictions, labels)."""
+    return {"scores": record.get("zero_shot", {}), "predictions": record.get("zero_shot_predictions", {}),
+            "labels": record.get("zero_shot_labels", {})}
+
+
+def _zero_shot_bootstrap(a: list[dict], b: list[dict], z: str) -> tuple | None:
+    """Δ = a − b on probe ``z`` with its 95% interval (test examples resampled, seeds pooled), or None
+    where a run kept no predictions for it."""
+    views = [[_zero_shot_view(r) for r in rs] for rs in (a, b)]
+    if not all(_has_predictions(vs, [z]) for vs in views):
+        return None
+    return paired_bootstrap_of(_minus, views, [z])[z]
+
+
+def _delta_cell(result: tuple | None, scale: float, fallback: str = "–") -> str:
+    if result is None:
+        return fallback
+    mean, low, high, significant = result
+    text = f"{scale * mean:+.2f} [{scale * low:+.2f}, {scale * high:+.2f}]"
+    return f"**{text}**" if significant else text
+
+
 def _forgetting(chosen: dict, zero_names: list[str], base: dict | None, results_dir: Path) -> list[str]:
     """Oblivion: each zero-shot probe at the end (table, against the base model) and over steps (plot)."""
     if not zero_names:
@@ -702,7 +740,8 @@ def _forgetting(chosen: dict, zero_names: list[str], base: dict | None, results_
              "embedding; methods without task routing run as they are), on the test split at the end of training: "
              "mean ± std over seeds, and the change from the base model. " + "; ".join(
                  f"{z}: {'lower' if get_task(z).metric in LOWER_IS_BETTER else 'higher'} is better" for z in zero_names)
-             + ".", "",
+             + f". Δ: with its 95% interval where the runs kept their zero-shot predictions ({BOOTSTRAP} paired "
+               "resamples of the probe's test examples, seeds pooled; **bold**: the interval excludes 0).", "",
              "| method | seeds | " + " | ".join(f"{_zero_label(z)} | Δ {z}" for z in zero_names) + " |",
              "|---|---|" + "---|---|" * len(zero_names)]
     if base is not None:
@@ -714,9 +753,12 @@ def _forgetting(chosen: dict, zero_names: list[str], base: dict | None, results_
             values = [v for r in rs if (v := _zero_shot(r, z)) is not None]
             before = _zero_shot(base, z) if base is not None else None
             delta = "–" if not values or before is None else f"{_scale(z) * (float(np.mean(values)) - before):+.2f}"
+            if base is not None and values:
+                delta = _delta_cell(_zero_shot_bootstrap(rs, [base], z), _scale(z), delta)
             cells.append(f"{_mean_std(values, _scale(z))} | {delta}")
         lines.append(f"| {m} | {len(rs)} | " + " | ".join(cells) + " |")
     lines.append("")
+    lines += _forgetting_against_reference(chosen, zero_names)
     lines += _forgetting_across_seeds(chosen, zero_names)
     start = _step_0(base)
     curves = {m: [*start, *rs[0]["curve"]] for m, rs in chosen.items()
@@ -730,9 +772,29 @@ def _forgetting(chosen: dict, zero_names: list[str], base: dict | None, results_
     return lines
 
 
+def _forgetting_against_reference(chosen: dict, zero_names: list[str]) -> list[str]:
+    """MoORE-L8's zero-shot scores against each method's: a paired bootstrap over the probes' test
+    examples, for the probes whose runs kept their predictions."""
+    if REFERENCE not in chosen:
+        return []
+    rows = {m: [_zero_shot_bootstrap(chosen[REFERENCE], rs, z) for z in zero_names]
+            for m, rs in chosen.items() if m != REFERENCE}
+    rows = {m: r for m, r in rows.items() if any(x is not None for x in r)}
+    if not rows:
+        return []
+    lines = [f"{REFERENCE} against each method: Δ = {REFERENCE} − method on each probe (> 0: {REFERENCE} keeps more "
+             f"where higher is better), with its 95% interval ({BOOTSTRAP} paired resamples of the probe's test "
+             "examples, seeds pooled; the seed-to-seed spread enters only through the pooled seeds). **Bold**: the "
+             "interval excludes 0.", "", "| method | " + " | ".join(f"Δ {z}" for z in zero_names) + " |",
+             "|---|" + "---|" * len(zero_names)]
+    lines += [f"| {m} | " + " | ".join(_delta_cell(x, _scale(z)) for x, z in zip(r, zero_names)) + " |"
+              for m, r in rows.items()]
+    return lines + [""]
+
+
 def _forgetting_across_seeds(chosen: dict, zero_names: list[str]) -> list[str]:
-    """MoORE-L8's zero-shot scores against each method's: Welch's t-test across seeds (the runs keep no
-    zero-shot predictions to resample), for the methods with at least two seeds."""
+    """MoORE-L8's zero-shot scores against each method's: Welch's t-test across seeds (the seed-to-seed
+    spread, which the bootstrap over test examples leaves out), for the methods with at least two seeds."""
     from scipy.stats import ttest_ind
 
     def values(m: str, z: str) -> list[float]:
@@ -742,8 +804,8 @@ def _forgetting_across_seeds(chosen: dict, zero_names: list[str]) -> list[str]:
     if not others or not all(len(values(REFERENCE, z)) >= 2 for z in zero_names):
         return []
     lines = ["MoORE-L8 against each method with at least two seeds: Δ = MoORE-L8 − method on each probe, and the "
-             "two-sided p-value of Welch's t-test across seeds (a test across seeds: the runs keep no zero-shot "
-             "predictions to resample; with 3 seeds a side it detects only large gaps). **Bold**: p < 0.05.", "",
+             "two-sided p-value of Welch's t-test across seeds (a test of the seed-to-seed spread, which resampling "
+             "test examples leaves out; with 3 seeds a side it detects only large gaps). **Bold**: p < 0.05.", "",
              "| method | " + " | ".join(f"Δ {z} | p" for z in zero_names) + " |", "|---|" + "---|---|" * len(zero_names)]
     for m in others:
         cells = []

@@ -104,6 +104,7 @@ class Trainer:
         self.test_data = {t.name: (t, t.load(self.data_dir, split, limit=specs[t.name].max_eval, seed=0))
                           for t in self.tasks}
         self.test_predictions: dict[str, list] = {}  # filled by the last stage's test scoring
+        self.zero_shot_predictions: dict[str, list] = {}  # filled by the final zero-shot scoring
         zs = {s.name: s for s in self.config.evaluation.zero_shot}
         self.zero_shot_data = {t.name: (t, t.load(self.data_dir, split, limit=zs[t.name].max_eval, seed=0))
                                for t in self.zero_shot}
@@ -426,7 +427,9 @@ class Trainer:
         if not self.sharded:  # under FSDP each process holds its own shard by design
             self.ctx.check_replicas_agree([p for p in self.model.parameters() if p.requires_grad])
         after = state.stage_results[-1]
-        zero_shot = self._evaluate(self.zero_shot_data, final=True, task_id=None) if self.zero_shot else {}
+        self.zero_shot_predictions = {}
+        zero_shot = self._evaluate(self.zero_shot_data, final=True, task_id=None,
+                                   predictions=self.zero_shot_predictions) if self.zero_shot else {}
         results = {
             "split": self.config.evaluation.split,
             "tasks": [t.describe() for t in self.tasks],
