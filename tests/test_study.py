@@ -261,6 +261,17 @@ def test_a_perplexity_probe_prints_as_it_is_and_the_report_shows_the_base_model_
     lines = "\n".join(_forgetting(chosen, ["wikitext2", "sst2"], base, tmp_path))
     assert "| full | 2 | 37.00 ± 1.41 | +3.00 | 50.00 ± 0.00 | -10.00 |" in lines
     assert (tmp_path / "forgetting.png").stat().st_size > 1000
+    # with each text window's (NLL, tokens) kept: the perplexity's change gets an interval, in its own units
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(100, 128, 300)
+    windows = lambda ppl: [[float(np.log(ppl) * n * f), int(n)] for n, f in zip(tokens, rng.uniform(0.9, 1.1, 300))]
+    base["zero_shot_predictions"] = {"wikitext2": windows(34.0)}
+    for run, ppl in zip(chosen["full"], (36.0, 38.0)):
+        run["zero_shot_predictions"] = {"wikitext2": windows(ppl)}
+    row = next(line for line in _forgetting(chosen, ["wikitext2", "sst2"], base, tmp_path) if line.startswith("| full |"))
+    delta = row.split(" | ")[3]
+    mean, low, high = (float(x) for x in delta.strip("*").replace("[", "").replace("]", "").replace(",", "").split())
+    assert delta.startswith("**+") and low < mean < high and 1 < mean < 5 and high - low < 3  # ~+2-3, beyond the noise
 
 
 REAL_DATA = Path(os.environ.get("MOORE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -382,6 +393,9 @@ def test_the_resampled_spearman_is_scipys_on_every_resample_ties_included():
         got = _resampled_metric(metric, predictions, labels, index)
         want = [reference(predictions[i], labels[i])[0] for i in index]
         np.testing.assert_allclose(got, want, rtol=1e-10)
+    windows = np.column_stack([rng.uniform(100, 400, 60), rng.integers(50, 128, 60)])  # (summed NLL, tokens)
+    got = _resampled_metric("perplexity", windows, None, index)
+    np.testing.assert_allclose(got, [np.exp(windows[i, 0].sum() / windows[i, 1].sum()) for i in index], rtol=1e-12)
 
 
 def test_forgetting_gets_intervals_from_the_zero_shot_predictions(tmp_path):

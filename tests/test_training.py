@@ -248,7 +248,10 @@ def test_one_scoring_pass_gives_the_metrics_and_the_predictions(world):
     data = {t.name: (t, t.load(None, "test")[:6]) for t in tasks}
     predictions: dict = {}
     scores = evaluate_tasks(model, data, batch_size=4, predictions=predictions)
-    assert set(predictions) == {"mood", "pick"}  # language modelling has a perplexity, no predictions
+    assert set(predictions) == {"mood", "pick", "text"}
+    # language modelling: each text window's summed NLL and token count, which give the perplexity again
+    nll, tokens = np.asarray(predictions.pop("text")).sum(0)
+    assert tokens > 0 and scores["text"]["perplexity"] == pytest.approx(np.exp(nll / tokens), rel=1e-5)  # float32 sums
     for name in predictions:
         task, examples = data[name]
         assert predictions[name] == model.predict(task, examples, batch_size=4)

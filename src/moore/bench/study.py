@@ -325,17 +325,17 @@ def _execute_base(suite: Suite, results_dir: Path, data_dir: Path | None, device
 
 def zero_shot_predictions_record(data: dict, predictions: dict) -> dict:
     """The zero-shot probes' predictions and labels as a run file keeps them, for a paired bootstrap of
-    forgetting (probes without predictions, e.g. perplexity, are left out)."""
+    forgetting (a perplexity's predictions are its text windows' summed NLL and tokens, without labels)."""
     return {"zero_shot_predictions": predictions,
             "zero_shot_labels": {n: [e["label"] for e in examples] for n, (_, examples) in data.items()
-                                 if n in predictions}}
+                                 if n in predictions and all("label" in e for e in examples)}}
 
 
 def add_zero_shot_predictions(suite_name: str, results_dir: Path, runs_dir: Path, data_dir: Path | None,
                               device: str | None = None) -> list[str]:
-    """Zero-shot predictions for run files written before runs kept them: each run's saved model
-    (``RUNS/SUITE/NAME/final``; the base model rebuilt at its identity init) scores the zero-shot test
-    sets again with the unseen-task embedding, as the run did. A file is rewritten only where every
+    """Zero-shot predictions for run files written before runs kept them (all, or a perplexity's text
+    windows): each run's saved model (``RUNS/SUITE/NAME/final``; the base model rebuilt at its identity
+    init) scores the missing zero-shot test sets again with the unseen-task embedding, as the run did. A file is rewritten only where every
     score comes out as recorded; runs whose model is not on this machine are left as they are.
     Returns the names of the files updated."""
     from ..evaluation import evaluate_tasks
@@ -344,7 +344,9 @@ def add_zero_shot_predictions(suite_name: str, results_dir: Path, runs_dir: Path
 
     suite, updated = get_suite(suite_name), []
     for name, record in sorted(load_runs(results_dir).items()):
-        if not record.get("zero_shot") or "zero_shot_predictions" in record or record["phase"] in ("taskfree", "addtask"):
+        kept = record.get("zero_shot_predictions", {})
+        missing = [t for t in record.get("zero_shot", {}) if t not in kept]
+        if not missing or record["phase"] in ("taskfree", "addtask"):
             continue
         folder = Path(runs_dir) / suite.name / name
         if name == "base":
@@ -363,19 +365,21 @@ def add_zero_shot_predictions(suite_name: str, results_dir: Path, runs_dir: Path
             continue
         model.to(device or "cpu")
         ev, data_root = config.evaluation, config.resolved_data_dir(data_dir)
-        probes = [t for t in build_tasks(ev.zero_shot) if t.kind != "language_modeling" and t.name in record["zero_shot"]]
+        probes = [t for t in build_tasks(ev.zero_shot) if t.name in missing]
         limits = {s.name: s.max_eval for s in ev.zero_shot}
         zero_data = {t.name: (t, t.load(data_root, ev.split, limit=limits[t.name], seed=0)) for t in probes}
         predictions: dict = {}
         scores = evaluate_tasks(model, zero_data, batch_size=ev.batch_size, scoring=ev.scoring,
                                 max_new_tokens=ev.max_new_tokens, task_id=None, bf16=ev.bf16, predictions=predictions)
         off = {t: (s, record["zero_shot"][t]) for t, s in scores.items()
-               if any(abs(v - record["zero_shot"][t].get(m, v)) > 1e-6 for m, v in s.items())}
+               if any(abs(v - record["zero_shot"][t].get(m, v)) > 1e-6 * max(1.0, abs(v)) for m, v in s.items())}
         if off:
             logger.warning("%s: its saved model scores %s, not the recorded %s; its file is left as it is", name,
                            {t: a for t, (a, _) in off.items()}, {t: b for t, (_, b) in off.items()})
             continue
-        record.update(zero_shot_predictions_record(zero_data, predictions))
+        added = zero_shot_predictions_record(zero_data, predictions)
+        record.update(zero_shot_predictions={**kept, **added["zero_shot_predictions"]},
+                      zero_shot_labels={**record.get("zero_shot_labels", {}), **added["zero_shot_labels"]})
         write_json(Path(results_dir) / "runs" / f"{name}.json", record)
         updated.append(name)
         logger.info("%s: zero-shot predictions added (%s)", name, ", ".join(predictions))

@@ -54,8 +54,11 @@ def _zero_shot(record: dict, task: str) -> float | None:
 
 # --- paired bootstrap -------------------------------------------------------------------------------
 def _resampled_metric(metric: str, predictions: np.ndarray, labels: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """The metric on each bootstrap resample (rows of ``index``) of a binary task, or a correlation of
-    scores (spearman, pearson), vectorised."""
+    """The metric on each bootstrap resample (rows of ``index``) of a binary task, a correlation of
+    scores (spearman, pearson) or a perplexity over text windows, vectorised."""
+    if metric == "perplexity":  # predictions: each window's (summed NLL, tokens); labels: none
+        nll, tokens = predictions[:, 0][index], predictions[:, 1][index]  # (B, n)
+        return np.exp(nll.sum(1) / np.maximum(tokens.sum(1), 1))
     p, y = predictions[index], labels[index]  # (B, n)
     if metric in ("spearman", "pearson"):
         if metric == "spearman":  # Pearson of the ranks, ties (resampled duplicates) at their mean rank
@@ -92,8 +95,9 @@ def paired_bootstrap_of(statistic, groups: list[list[dict]], tasks: list[str], s
     out, values = {}, []
     for task in tasks:
         metric = _metric(groups[0][0], task)
-        labels = np.asarray(groups[0][0]["labels"][task])
-        index = rng.integers(0, len(labels), (BOOTSTRAP, len(labels)))
+        n = len(groups[0][0]["predictions"][task])
+        labels = np.asarray(groups[0][0]["labels"].get(task, [0] * n))  # a perplexity has none
+        index = rng.integers(0, n, (BOOTSTRAP, n))
         scores = [np.mean([_resampled_metric(metric, np.asarray(r["predictions"][task]), labels, index)
                            for r in runs], axis=0) for runs in groups]
         value = statistic(scores)

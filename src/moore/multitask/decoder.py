@@ -260,13 +260,15 @@ class DecoderTasks:
             out += [extract_choice(text, self.options(task, e)) for text, e in zip(texts, chunk)]
         return out
 
-    def perplexity(self, examples: Sequence[Example], task_id: int | None, batch_size: int, progress: bool) -> float:
-        """Perplexity of the running text in non-overlapping windows of max_length tokens."""
+    def perplexity(self, examples: Sequence[Example], task_id: int | None, batch_size: int,
+                   progress: bool) -> tuple[float, list[tuple[float, int]]]:
+        """Perplexity of the running text in non-overlapping windows of max_length tokens, and each
+        window's (summed negative log-likelihood, tokens scored): what a bootstrap over windows resamples."""
         m = self.model
         ids = self.ids("\n".join(e["text"] for e in examples), False)
         windows = [ids[i:i + m.max_length] for i in range(0, len(ids), m.max_length)]
         windows = [w for w in windows if len(w) > 1]
-        total, count = 0.0, 0
+        total, count, per_window = 0.0, 0, []
         for chunk in chunks(windows, batch_size, progress, "perplexity"):
             input_ids = pad(chunk, m.tokenizer.pad_token_id).to(m.device)
             labels = pad(chunk, -100).to(m.device)
@@ -274,10 +276,13 @@ class DecoderTasks:
             logits = m.adapted(input_ids=input_ids, attention_mask=mask,
                                task_ids=task_ids_tensor(task_id, len(chunk), m.device)).logits
             targets = labels[:, 1:]
-            total += F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
-                                     reduction="sum").item()
+            flat = logits[:, :-1].flatten(0, 1).float()
+            total += F.cross_entropy(flat, targets.flatten(), ignore_index=-100, reduction="sum").item()
             count += int((targets != -100).sum())
-        return perplexity(total, count)
+            nll = F.cross_entropy(flat, targets.flatten(), ignore_index=-100,
+                                  reduction="none").view(targets.shape)  # (B, T-1), 0 where ignored
+            per_window += zip(nll.sum(1).tolist(), (targets != -100).sum(1).tolist())
+        return perplexity(total, count), per_window
 
 
 def _common_prefix(sequences: list[list[int]]) -> int:

@@ -188,13 +188,15 @@ class MultiTaskModel(nn.Module):
     def evaluate_and_predict(self, task: Task | str, examples: Sequence[Example], *, batch_size: int = 32,
                              scoring: str = "loglik", max_new_tokens: int = 16, task_id: int | None | str = "own",
                              progress: bool = False) -> tuple[dict[str, float], list | None]:
-        """``evaluate``'s metrics and the predictions they came from (what ``predict`` returns; None
-        for language modelling), from one scoring pass."""
+        """``evaluate``'s metrics and the predictions they came from (what ``predict`` returns; for
+        language modelling each window's summed negative log-likelihood and token count), from one
+        scoring pass."""
         task = task if isinstance(task, Task) else self.tasks[self.task_id(task)]
         if task.kind == "language_modeling":
             tid = self.task_id(task.name) if task_id == "own" else task_id
             with self._evaluating():
-                return {"perplexity": self.strategy.perplexity(examples, tid, batch_size, progress)}, None
+                value, per_window = self.strategy.perplexity(examples, tid, batch_size, progress)
+            return {"perplexity": value}, [list(w) for w in per_window]
         references = [e["label"] for e in examples]
         if "accuracy_norm" in task.metrics and self.kind == "decoder" and scoring == "loglik":
             picks = self._option_picks(task, examples, batch_size, task_id, progress)
