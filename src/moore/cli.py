@@ -150,7 +150,8 @@ def bench(
     progress: Annotated[bool, typer.Option(help="tqdm progress bars")] = True,
     add_zero_shot_predictions: Annotated[bool, typer.Option(
         "--add-zero-shot-predictions", help="a study: score the zero-shot probes again from the saved models of "
-        "run files written before runs kept their zero-shot predictions, and add them (then rebuild the report)")] = False,
+        "run files written before runs kept their zero-shot predictions, and add them (then rebuild the report); "
+        "with --run, that run's file only")] = False,
 ) -> None:
     """Run every method of a suite on the same data and budget (a study suite: its whole protocol), then
     write the report."""
@@ -169,14 +170,15 @@ def bench(
     _setup_logging(False)
     with _user_errors():
         if chosen.study is not None:
+            if add_zero_shot_predictions:  # with --run: that run's file only
+                from .bench.study import add_zero_shot_predictions as add
+
+                added = add(suite, results_dir, runs_dir, data_dir, device, names=[run] if run else None)
+                typer.echo(f"zero-shot predictions added to: {', '.join(added) or 'none'}")
+                report, run = True, None
             if run:
                 execute(suite, run, results_dir, runs_dir, data_dir, device=device, progress=progress)
                 return
-            if add_zero_shot_predictions:
-                from .bench.study import add_zero_shot_predictions as add
-
-                typer.echo(f"zero-shot predictions added to: {', '.join(add(suite, results_dir, runs_dir, data_dir, device)) or 'none'}")
-                report = True
             if not report:
                 run_study(suite, results_dir, runs_dir, data_dir, workers=workers, device=device,
                           time_budget=time_budget)

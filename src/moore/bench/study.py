@@ -332,12 +332,12 @@ def zero_shot_predictions_record(data: dict, predictions: dict) -> dict:
 
 
 def add_zero_shot_predictions(suite_name: str, results_dir: Path, runs_dir: Path, data_dir: Path | None,
-                              device: str | None = None) -> list[str]:
+                              device: str | None = None, names: list[str] | None = None) -> list[str]:
     """Zero-shot predictions for run files written before runs kept them (all, or a perplexity's text
     windows): each run's saved model (``RUNS/SUITE/NAME/final``; the base model rebuilt at its identity
     init) scores the missing zero-shot test sets again with the unseen-task embedding, as the run did. A file is rewritten only where every
     score comes out as recorded; runs whose model is not on this machine are left as they are.
-    Returns the names of the files updated."""
+    ``names``: only these runs. Returns the names of the files updated."""
     from ..evaluation import evaluate_tasks
     from ..multitask import MultiTaskModel
     from ..runconfig import build_tasks, load_run_config
@@ -346,7 +346,7 @@ def add_zero_shot_predictions(suite_name: str, results_dir: Path, runs_dir: Path
     for name, record in sorted(load_runs(results_dir).items()):
         kept = record.get("zero_shot_predictions", {})
         missing = [t for t in record.get("zero_shot", {}) if t not in kept]
-        if not missing or record["phase"] in ("taskfree", "addtask"):
+        if not missing or record["phase"] in ("taskfree", "addtask") or (names is not None and name not in names):
             continue
         folder = Path(runs_dir) / suite.name / name
         if name == "base":
