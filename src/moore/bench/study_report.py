@@ -615,10 +615,26 @@ def _significance(chosen: dict, tasks: list[str]) -> list[str]:
              "same resample for both methods, each method's score the mean over its seeds on it (seeds pooled). "
              "**Bold**: the interval excludes 0.", "",
              "| method | " + " | ".join(tasks) + " | average |", "|---|" + "---|" * (len(tasks) + 1)]
+    words = []
     for m, rs in chosen.items():
         if m != REFERENCE:
-            lines.append(_bootstrap_row(m, paired_bootstrap(chosen[REFERENCE], rs, tasks), tasks))
-    return lines + [""]
+            result = paired_bootstrap(chosen[REFERENCE], rs, tasks)
+            lines.append(_bootstrap_row(m, result, tasks))
+            words.append(_against_in_words(m, result, tasks))
+    seeds = min(len(rs) for rs in chosen.values())
+    return lines + ["", " ".join(words) + (" One seed for some method: the interval leaves the seed-to-seed spread "
+                                           "out, so later seeds may close a gap." if seeds < 2 else ""), ""]
+
+
+def _against_in_words(method: str, result: dict[str, tuple], tasks: list[str]) -> str:
+    """MoORE-L8 against one method in a sentence, from its bootstrap: the average, and the tasks where
+    it wins or loses beyond the noise."""
+    mean, low, high, significant = result["average"]
+    verdict = ("above" if mean > 0 else "below") + " " if significant else "within the noise of "
+    wins = [f"{t} ({100 * result[t][0]:+.2f})" for t in tasks if result[t][3] and result[t][0] > 0]
+    losses = [f"{t} ({100 * result[t][0]:+.2f})" for t in tasks if result[t][3] and result[t][0] < 0]
+    return (f"{REFERENCE}'s average is {verdict}{method}'s ({100 * mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]); "
+            f"beyond the noise it wins on {', '.join(wins) or 'no task'} and loses on {', '.join(losses) or 'no task'}.")
 
 
 def _bootstrap_row(name: str, result: dict[str, tuple], tasks: list[str]) -> str:
@@ -793,7 +809,22 @@ def _forgetting_against_reference(chosen: dict, zero_names: list[str]) -> list[s
              "|---|" + "---|" * len(zero_names)]
     lines += [f"| {m} | " + " | ".join(_delta_cell(x, _scale(z)) for x, z in zip(r, zero_names)) + " |"
               for m, r in rows.items()]
-    return lines + [""]
+    words = []
+    for z in zero_names:
+        lower = get_task(z).metric in LOWER_IS_BETTER
+        keeps = {"keeps more": [], "forgets more": [], "within": []}
+        for m, r in rows.items():
+            x = r[zero_names.index(z)]
+            if x is None:
+                continue
+            key = "within" if not x[3] else "keeps more" if (x[0] > 0) != lower else "forgets more"
+            keeps[key].append(m)
+        parts = [f"{phrase} {', '.join(keeps[key])}" for key, phrase in
+                 (("keeps more", "keeps more of the base model's score than"), ("forgets more", "forgets more than"),
+                  ("within", "is within the noise of")) if keeps[key]]
+        if parts:
+            words.append(f"On {z}, {REFERENCE} " + "; it ".join(parts) + ".")
+    return lines + ["", " ".join(words), ""]
 
 
 def _forgetting_across_seeds(chosen: dict, zero_names: list[str]) -> list[str]:
