@@ -280,17 +280,13 @@ def _execute_base(suite: Suite, results_dir: Path, data_dir: Path | None, device
     would be untrained) and the zero-shot tasks, through an adapter at its identity init; and step 0
     of every curve, on the validation sets the seed-0 runs evaluate at every step."""
     from ..evaluation import evaluate_tasks, primary_average
-    from ..multitask import MultiTaskModel
-    from ..runconfig import build_tasks, load_run_config
+    from ..runconfig import build_tasks
     from ..training.trainer import validation_sets
 
     start = time.time()
-    data = copy.deepcopy(suite.config)
-    data.update(adapter={"method": "lora"}, output_dir=str(Path(results_dir) / "unused"))
-    config = load_run_config(data=data)
-    tasks, zero = build_tasks(config.tasks), build_tasks(config.evaluation.zero_shot)
-    torch.manual_seed(0)
-    model = MultiTaskModel.build(config.model, config.adapter, tasks, task_specs=config.tasks).to(device or "cpu")
+    config, model = _base_model(suite, results_dir)
+    model.to(device or "cpu")
+    tasks, zero = model.tasks, build_tasks(config.evaluation.zero_shot)
     ev, data_dir = config.evaluation, config.resolved_data_dir(data_dir)
     limits = {s.name: s.max_eval for s in [*config.tasks, *ev.zero_shot]}
     test = {t.name: (t, t.load(data_dir, ev.split, limit=limits[t.name], seed=0)) for t in tasks}
@@ -323,6 +319,19 @@ def _execute_base(suite: Suite, results_dir: Path, data_dir: Path | None, device
     return record
 
 
+def _base_model(suite: Suite, results_dir: Path):
+    """(config, model): the suite's base model behind a LoRA at its identity init (B = 0), as the
+    ``base`` run scores it."""
+    from ..multitask import MultiTaskModel
+    from ..runconfig import build_tasks, load_run_config
+
+    data = copy.deepcopy(suite.config)
+    data.update(adapter={"method": "lora"}, output_dir=str(Path(results_dir) / "unused"))
+    config = load_run_config(data=data)
+    torch.manual_seed(0)
+    return config, MultiTaskModel.build(config.model, config.adapter, build_tasks(config.tasks), task_specs=config.tasks)
+
+
 def zero_shot_predictions_record(data: dict, predictions: dict) -> dict:
     """The zero-shot probes' predictions and labels as a run file keeps them, for a paired bootstrap of
     forgetting (a perplexity's predictions are its text windows' summed NLL and tokens, without labels)."""
@@ -335,9 +344,9 @@ def add_zero_shot_predictions(suite_name: str, results_dir: Path, runs_dir: Path
                               device: str | None = None, names: list[str] | None = None) -> list[str]:
     """Zero-shot predictions for run files written before runs kept them (all, or a perplexity's text
     windows): each run's saved model (``RUNS/SUITE/NAME/final``; the base model rebuilt at its identity
-    init) scores the missing zero-shot test sets again with the unseen-task embedding, as the run did. A file is rewritten only where every
-    score comes out as recorded; runs whose model is not on this machine are left as they are.
-    ``names``: only these runs. Returns the names of the files updated."""
+    init) scores the missing zero-shot test sets again with the unseen-task embedding, as the run did.
+    A file is rewritten only where every score comes out as recorded; runs whose model is not on this
+    machine are left as they are. ``names``: only these runs. Returns the names of the files updated."""
     from ..evaluation import evaluate_tasks
     from ..multitask import MultiTaskModel
     from ..runconfig import build_tasks, load_run_config
@@ -350,12 +359,7 @@ def add_zero_shot_predictions(suite_name: str, results_dir: Path, runs_dir: Path
             continue
         folder = Path(runs_dir) / suite.name / name
         if name == "base":
-            data = copy.deepcopy(suite.config)
-            data.update(adapter={"method": "lora"}, output_dir=str(Path(results_dir) / "unused"))
-            config = load_run_config(data=data)
-            torch.manual_seed(0)
-            model = MultiTaskModel.build(config.model, config.adapter, build_tasks(config.tasks),
-                                         task_specs=config.tasks)
+            config, model = _base_model(suite, results_dir)
         elif (folder / "final" / "adapter_config.json").is_file() and (folder / "run_config.json").is_file():
             config = load_run_config(folder / "run_config.json")
             _, specs = MultiTaskModel.read_specs(folder / "final")

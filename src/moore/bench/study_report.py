@@ -639,12 +639,7 @@ def _against_in_words(method: str, result: dict[str, tuple], tasks: list[str]) -
 
 def _bootstrap_row(name: str, result: dict[str, tuple], tasks: list[str]) -> str:
     """A table row of Δ [95% interval] per task and on the average; bold where the interval excludes 0."""
-    cells = []
-    for key in [*tasks, "average"]:
-        mean, low, high, significant = result[key]
-        text = f"{100 * mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
-        cells.append(f"**{text}**" if significant else text)
-    return f"| {name} | " + " | ".join(cells) + " |"
+    return f"| {name} | " + " | ".join(_delta_cell(result[key], 100) for key in [*tasks, "average"]) + " |"
 
 
 def _against_base(chosen: dict, base: dict | None, tasks: list[str]) -> list[str]:
@@ -744,6 +739,7 @@ def _zero_shot_bootstrap(a: list[dict], b: list[dict], z: str) -> tuple | None:
 
 
 def _delta_cell(result: tuple | None, scale: float, fallback: str = "–") -> str:
+    """Δ [95% interval] at ``scale``, bold where the interval excludes 0 (``fallback`` where there is none)."""
     if result is None:
         return fallback
     mean, low, high, significant = result
@@ -814,7 +810,7 @@ def _forgetting_against_reference(chosen: dict, zero_names: list[str]) -> list[s
         lower = get_task(z).metric in LOWER_IS_BETTER
         keeps = {"keeps more": [], "forgets more": [], "within": []}
         for m, r in rows.items():
-            x = r[zero_names.index(z)]
+            x = dict(zip(zero_names, r))[z]
             if x is None:
                 continue
             key = "within" if not x[3] else "keeps more" if (x[0] > 0) != lower else "forgets more"

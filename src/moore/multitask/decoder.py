@@ -279,6 +279,7 @@ class DecoderTasks:
             flat = logits[:, :-1].flatten(0, 1).float()
             total += F.cross_entropy(flat, targets.flatten(), ignore_index=-100, reduction="sum").item()
             count += int((targets != -100).sum())
+            # per window as well; the total above keeps its own reduction, so recorded perplexities stay bit-identical
             nll = F.cross_entropy(flat, targets.flatten(), ignore_index=-100,
                                   reduction="none").view(targets.shape)  # (B, T-1), 0 where ignored
             per_window += zip(nll.sum(1).tolist(), (targets != -100).sum(1).tolist())
