@@ -14,6 +14,8 @@ from transformers import (
     LlamaForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
 )
 
 VOCAB = 97
@@ -34,6 +36,11 @@ def tiny_qwen2():
 def tiny_gpt2():
     cfg = GPT2Config(vocab_size=VOCAB, n_embd=48, n_layer=2, n_head=4, n_positions=64)
     return GPT2LMHeadModel(cfg)  # Conv1D layers, weights stored transposed
+
+
+def tiny_t5():
+    cfg = T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0)
+    return T5ForConditionalGeneration(cfg)  # an encoder-decoder whose forward reads ``wo.weight.dtype``
 
 
 def minilm_path() -> Path:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import moore
-from helpers import assert_routing_matches_one_task_batches, build, inputs, output, perturb_adapter
+from helpers import assert_routing_matches_one_task_batches, build, inputs, output, perturb_adapter, tiny_t5
 
 MOORE, LORA, HRA = moore.MooreConfig.method, moore.LoraConfig.method, moore.HraConfig.method
 SMALL = {  # small sizes so the tiny models stay tiny; every config class the package exports
@@ -43,6 +43,30 @@ def test_identity_at_init(method, model_name):
     with torch.no_grad():
         got = output(model(**batch, task_ids=[0, 1, 2, 0]))
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_a_model_that_reads_its_layers_weight_works_under_every_method(method):
+    # T5 reads ``self.wo.weight.dtype`` in its forward: every adapter layer gives the frozen weight
+    base = tiny_t5().eval()
+    ids = torch.randint(3, 97, (3, 7), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "decoder_input_ids": ids[:, :4]}
+    with torch.no_grad():
+        expected = base(**batch).logits
+    model = moore.get_moore_model(base, config_for(method), svd_cache_dir=None)
+    task_ids = torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        assert torch.allclose(model(**batch, task_ids=task_ids).logits, expected, atol=1e-4)
+        perturb_adapter(model)
+        mixed = model(**batch, task_ids=task_ids).logits
+        alone = torch.cat([model(**{k: v[i:i + 1] for k, v in batch.items()}, task_ids=task_ids[i:i + 1]).logits
+                           for i in range(3)])
+    assert torch.allclose(mixed, alone, atol=1e-5)
+    generated = model.generate(input_ids=ids[:2], task_ids=[0, 2], max_new_tokens=3, num_beams=2, do_sample=False)
+    assert generated.shape[0] == 2
+    for _, layer in model.adapter_layers():
+        if hasattr(layer, "base_layer"):  # the layers that keep the base layer read through to it
+            assert layer.weight is layer.base_layer.weight and layer.bias is layer.base_layer.bias
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)

@@ -8,6 +8,7 @@ from transformers.pytorch_utils import Conv1D
 from moore import MooreConfig, MooreLinear
 from moore.householder import householder_matrix
 from moore.routing import TaskRouting
+from moore.svd import FactoredWeight
 
 
 def make_layer(base, num_tasks=3, **kw):
@@ -35,7 +36,27 @@ def test_identity_at_init(din, dout, kind):
     with routing.use(torch.tensor([0, 2])):
         assert torch.allclose(layer(x), base(x), atol=1e-5)
     assert layer.rank == min(din, dout)
-    assert not hasattr(layer, "weight")  # W itself is dropped
+    # W itself is dropped: nothing of its size is stored, and ``weight`` is computed from U, σ, Vᵀ
+    assert {n for n, _ in layer.named_buffers()} == {"u", "s", "vh"}
+    assert {n for n, _ in layer.named_parameters()} <= {*layer.adapter_parameter_names, "bias"}
+    assert isinstance(layer.weight, FactoredWeight)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weight_reads_as_the_frozen_weight_in_the_base_layers_layout(kind, dtype):
+    base = (nn.Linear(12, 7) if kind == "linear" else Conv1D(7, 12)).to(dtype)
+    layer, _ = make_layer(base)
+    weight = layer.weight
+    assert (weight.shape, weight.dtype, weight.device) == (base.weight.shape, dtype, base.weight.device)
+    atol = 1e-5 if dtype == torch.float32 else 0.02
+    assert torch.allclose(weight.float(), base.weight.float(), atol=atol)  # any op sees the values
+    assert type(weight.float() + 0) is torch.Tensor and not weight.requires_grad
+    randomize(layer)
+    layer.merge()  # H folded into Vᵀ: weight is now W H, what the layer applies with its router at zero
+    dense = layer.weight.float() if kind == "linear" else layer.weight.float().T  # (Dout, Din)
+    expected = (layer.u.float() * layer.s.float()) @ layer.vh.float()
+    assert torch.allclose(dense, expected, atol=atol)
 
 
 def train_a_little(layer, routing, steps=20):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils._pytree import tree_map
 
 from .fingerprint import sha256_of
 from .io import atomic_write
@@ -107,3 +108,38 @@ def cached_svd(
     except OSError as err:
         logger.warning("could not write the SVD cache in %s (%s); continuing without it", cache_dir, err)
     return u, s, vh
+
+
+class FactoredWeight(torch.Tensor):
+    """The weight ``U diag(σ) Vᵀ`` that a layer keeps only as its SVD factors, without storing it.
+
+    Its dtype, device and shape cost nothing; any operation on its values computes the matrix
+    for that operation. That is what a MoORE layer gives as ``.weight``, because some models read
+    it in every forward (T5: ``self.wo.weight.dtype``) and a stored copy would undo dropping W.
+    ``transpose=True`` gives the (Din, Dout) layout of GPT-2's ``Conv1D``.
+    """
+
+    @staticmethod
+    def __new__(cls, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, transpose: bool = False):
+        shape = (vh.shape[1], u.shape[0]) if transpose else (u.shape[0], vh.shape[1])
+        return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=vh.dtype, device=vh.device, requires_grad=False)
+
+    def __init__(self, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, transpose: bool = False):
+        self.factors = (u, s, vh)  # (Dout, r), (r,), (r, Din)
+        self.transpose = transpose
+
+    def dense(self) -> torch.Tensor:
+        u, s, vh = (t.detach() for t in self.factors)
+        work = torch.promote_types(vh.dtype, torch.float32)
+        weight = ((u.to(work) * s.to(work)) @ vh.to(work)).to(vh.dtype)  # (Dout, Din)
+        return weight.T if self.transpose else weight
+
+    def __repr__(self) -> str:
+        return f"FactoredWeight(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device})"
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        def dense(t):
+            return t.dense() if isinstance(t, FactoredWeight) else t
+
+        return func(*tree_map(dense, args), **tree_map(dense, kwargs or {}))

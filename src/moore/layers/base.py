@@ -49,6 +49,8 @@ class AdapterLayer(nn.Module):
 
     Subclasses build themselves from the base layer with ``from_base`` and list their trainable
     tensors in ``adapter_parameter_names``; those, and nothing else of the layer, are saved.
+    Every layer has a ``weight`` (the frozen weight, in the base layer's layout), as PEFT's layers
+    do, because some models read it in their forward (T5: ``self.wo.weight.dtype``).
     """
 
     adapter_parameter_names: tuple[str, ...] = ()
@@ -60,7 +62,8 @@ class AdapterLayer(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.layer_type = layer_type  # "linear" or "conv1d": what merging gives back
-        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        if not isinstance(self, KeepsBaseLayer):  # there, bias reads through to the base layer
+            self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self.routing = routing
         self.module_name = ""  # full name in the model, for error messages; set at injection
 
@@ -91,3 +94,16 @@ class AdapterLayer(nn.Module):
     def auxiliary_loss(self) -> torch.Tensor | None:
         """A loss term the layer adds to the task loss (e.g. load balancing), or None."""
         return None
+
+
+class KeepsBaseLayer:
+    """Mixin of the layers that keep the frozen base layer as ``self.base_layer``: its weight and
+    bias read through (merged updates included), as on PEFT's layers."""
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import AdapterConfig, check_non_negative_int, register_method
 from ..householder import apply_householder, fold_into_rows, pair_init
-from .base import AdapterLayer, dense_layer, layer_type, linear_weight
+from .base import AdapterLayer, KeepsBaseLayer, dense_layer, layer_type, linear_weight
 
 
 @dataclass
@@ -36,7 +36,7 @@ class HraConfig(AdapterConfig):
         return self.r * in_features
 
 
-class HraLinear(AdapterLayer):
+class HraLinear(KeepsBaseLayer, AdapterLayer):
     adapter_parameter_names = ("reflections",)
 
     def __init__(self, base_layer: nn.Module, config: HraConfig, routing):

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..config import AdapterConfig, check_non_negative_int
 from ..routing import TaskRouting
-from .base import AdapterLayer, dense_layer, layer_type, linear_weight
+from .base import AdapterLayer, KeepsBaseLayer, dense_layer, layer_type, linear_weight
 
 
 @dataclass
@@ -56,7 +56,7 @@ def kaiming(*shape: int) -> torch.Tensor:
     return t
 
 
-class LowRankLayer(AdapterLayer):
+class LowRankLayer(KeepsBaseLayer, AdapterLayer):
     """Base of the LoRA-family layers: keeps ``base_layer`` (frozen) and adds ``delta``."""
 
     input_independent = False  # True where one dense update serves every input (plain LoRA)

@@ -23,7 +23,7 @@ from torch import nn
 from ..config import AdapterConfig, check_non_negative_int, register_method
 from ..householder import compact_wy, fold_into_rows, pair_init
 from ..routing import TaskRouting
-from ..svd import cached_svd
+from ..svd import FactoredWeight, cached_svd
 from .base import AdapterLayer, dense_layer, layer_type, linear_weight
 
 
@@ -139,6 +139,12 @@ class MooreLinear(AdapterLayer):
         return cls(u, s, vh, base_layer.bias, config, routing, layer_type(base_layer))
 
     # --- the router -----------------------------------------------------------------------------
+    @property
+    def weight(self) -> torch.Tensor:
+        """The frozen weight ``U diag(σ) Vᵀ`` (``Vᵀ H`` once merged) in the base layer's layout,
+        computed only when its values are used: W itself is not kept."""
+        return FactoredWeight(self.u, self.s, self.vh, transpose=self.layer_type == "conv1d")
+
     def task_table(self) -> torch.Tensor:
         """Every task's embedding t_k: (K, Dt)."""
         if self.added_task_embedding is None:
