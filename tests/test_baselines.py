@@ -70,6 +70,38 @@ def test_a_model_that_reads_its_layers_weight_works_under_every_method(method):
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
+def test_disable_adapter_gives_the_base_model_and_restores_the_adapter_after(method):
+    base = build("gpt2")  # Conv1D layers: the merged weights are stored transposed
+    batch = inputs("gpt2")
+    with torch.no_grad():
+        expected = output(base(**batch))
+    model = moore.get_moore_model(base, config_for(method), svd_cache_dir=None)
+    if moore.METHODS[method].trains_base_model:
+        with pytest.raises(ValueError, match="no adapter to disable"):
+            with model.disable_adapter():
+                pass
+        return
+    perturb_adapter(model)
+    model.merge_adapter()
+    merged = {n: layer.is_merged for n, layer in model.adapter_layers()}
+    task_ids = [0, 1, 2, 0]
+    with torch.no_grad():
+        adapted = output(model(**batch, task_ids=task_ids))
+    assert not torch.allclose(adapted, expected, atol=1e-3)
+    with model.disable_adapter():
+        got = output(model(**batch, task_ids=task_ids))
+        model.train()
+        model(**batch, task_ids=task_ids)
+        assert model.auxiliary_loss() is None  # no load-balancing term from a disabled router
+        model.eval()
+    assert not got.requires_grad  # the adapter took no part: nothing trainable is in the graph
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert {n: layer.is_merged for n, layer in model.adapter_layers()} == merged
+    with torch.no_grad():
+        assert torch.allclose(output(model(**batch, task_ids=task_ids)), adapted, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
 def test_gradients_reach_exactly_the_methods_parameters(method):
     model = adapt(method)
     model.train()

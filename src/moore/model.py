@@ -14,6 +14,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +219,32 @@ class MooreModel(nn.Module):
         """``generate`` with per-sample task ids; they follow the batch through beam expansion."""
         with self._route(task_ids, args, kwargs):
             return self.model.generate(*args, **kwargs)
+
+    @contextmanager
+    def disable_adapter(self):
+        """Within the block the model is its base model: every adapter layer computes its frozen
+        ``W x + b`` and ignores the task ids (as PEFT's ``disable_adapter``), e.g. for base-model
+        outputs without a second copy of the model. Merged layers are unmerged for the block and
+        merged again after it."""
+        if self.adapter_config.trains_base_model:
+            raise ValueError(f"{self.adapter_config.method} trains the base model's own weights: there is no "
+                             "adapter to disable (keep a copy of the base model instead)")
+        if self.unloaded:
+            raise ValueError("merge_and_unload() replaced the adapter layers by dense ones; call "
+                             "unmerge_adapter() before disable_adapter()")
+        layers = [layer for _, layer in self.adapter_layers()]
+        merged = [layer for layer in layers if layer.is_merged]
+        for layer in merged:
+            layer.unmerge()
+        for layer in layers:
+            layer.adapter_enabled = False
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.adapter_enabled = True
+            for layer in merged:
+                layer.merge()
 
     # --- task-free inference and new tasks ---------------------------------------------------------
     def infer_task_weights(self, input_ids=None, attention_mask=None, inputs_embeds=None, token_type_ids=None,

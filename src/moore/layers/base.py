@@ -66,6 +66,7 @@ class AdapterLayer(nn.Module):
             self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self.routing = routing
         self.module_name = ""  # full name in the model, for error messages; set at injection
+        self.adapter_enabled = True  # False inside MooreModel.disable_adapter(): the frozen W x + b alone
 
     @classmethod
     def from_base(cls, base_layer: nn.Module, config, routing: TaskRouting, **context) -> "AdapterLayer":
@@ -81,6 +82,11 @@ class AdapterLayer(nn.Module):
         return ids
 
     # --- inference merging: subclasses implement what their math allows --------------------------
+    @property
+    def is_merged(self) -> bool:
+        """Whether ``merge`` has folded something into the frozen factors."""
+        return False
+
     def merge(self) -> None:
         """Fold whatever is input-independent into the frozen factors (reversible by ``unmerge``)."""
 

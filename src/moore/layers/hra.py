@@ -51,13 +51,17 @@ class HraLinear(KeepsBaseLayer, AdapterLayer):
         return cls(base_layer, config, routing)
 
     def forward(self, x):
-        if self.merged:
+        if self.merged or not self.adapter_enabled:
             return self.base_layer(x)
         return self.base_layer(apply_householder(x, self.reflections))  # W (H x) + b
 
     def _rotated_weight(self, transpose: bool) -> torch.Tensor:
         """W H (or W Hᵀ, which undoes a merge)."""
         return fold_into_rows(linear_weight(self.base_layer), self.reflections.detach(), inverse=transpose)
+
+    @property
+    def is_merged(self) -> bool:
+        return self.merged
 
     @torch.no_grad()
     def merge(self):

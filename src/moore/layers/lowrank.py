@@ -86,6 +86,9 @@ class LowRankLayer(KeepsBaseLayer, AdapterLayer):
         y = self.base_layer(x)
         if self.merged:
             return y
+        if not self.adapter_enabled:  # disable_adapter(): the base layer alone, and no load-balancing term
+            self._aux_loss = None
+            return y
         return y + self.delta(x) * self.scaling  # delta applies self.dropout to its expert input
 
     def auxiliary_loss(self) -> torch.Tensor | None:
@@ -110,6 +113,10 @@ class LowRankLayer(KeepsBaseLayer, AdapterLayer):
         weight = linear_weight(self.base_layer)
         delta = self.delta_weight(None).float() * self.scaling * sign
         weight.data.copy_((weight.float() + delta).to(weight.dtype))  # a view for Conv1D: writes through
+
+    @property
+    def is_merged(self) -> bool:
+        return self.merged
 
     @torch.no_grad()
     def merge(self) -> None:

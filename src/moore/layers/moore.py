@@ -177,6 +177,8 @@ class MooreLinear(AdapterLayer):
         # x: (N, ..., Din) with N the batch (or batch·beams, or flattened tokens)
         if self.reflections_merged and self.training and torch.is_grad_enabled():
             raise RuntimeError(f"{self.module_name or 'layer'}: reflections are merged; call unmerge_adapter() before training")
+        if not self.adapter_enabled:  # disable_adapter(): W x + b (unmerged there, so vh is Vᵀ)
+            return F.linear(F.linear(x, self.vh) * self.s, self.u, self.bias)
         dtype = x.dtype
         use_reflections = self.reflections is not None and not self.reflections_merged
         z = F.linear(x, self.vh)  # Vᵀ x: (..., r)
@@ -225,6 +227,10 @@ class MooreLinear(AdapterLayer):
         return self._gate(x, sample_proj).expand(*x.shape[:-1], self.rank)
 
     # --- inference --------------------------------------------------------------------------------
+    @property
+    def is_merged(self) -> bool:
+        return self.reflections_merged
+
     @torch.no_grad()
     def merge(self) -> None:
         """Fold H into V once: V'ᵀ = Vᵀ H (the paper's inference merge)."""
