@@ -81,6 +81,7 @@ def test_disable_adapter_gives_the_base_model_and_restores_the_adapter_after(met
             with model.disable_adapter():
                 pass
         return
+    assert model.get_base_model() is base  # the wrapped model, adapter layers in place, as in PEFT
     perturb_adapter(model)
     model.merge_adapter()
     merged = {n: layer.is_merged for n, layer in model.adapter_layers()}

@@ -187,6 +187,10 @@ class MooreModel(nn.Module):
             return getattr(self.model, name)
 
     # --- running ----------------------------------------------------------------------------------
+    def get_base_model(self) -> nn.Module:
+        """The wrapped transformers model, its adapter layers in place (as PEFT's ``get_base_model``)."""
+        return self.model
+
     def adapter_layers(self) -> Iterator[tuple[str, AdapterLayer]]:
         yield from self._adapter_layers.items()
 
