@@ -43,6 +43,16 @@ def test_a_valid_config_and_its_defaults(tmp_path):
     (_config(adapter={"num_tasks": 3}), r"num_tasks is set from the task list"),
     (_config(stages=[["sst2"], ["mrpc"]]), r"stages name tasks that are not in tasks: \['mrpc'\]"),
     (_config(model={}), r"model.name_or_path: Field required"),
+    (_config(tasks=[{"name": "mine", "files": {"train": "x.jsonl"}, "kind": "multiple_choice", "metrics": ["accuracy"],
+                     "options_field": "opts", "template": "Q: {question}\nA:"}]),
+     r"template field\(s\) \['question'\] unknown; a multiple_choice example gives \['prompt', 'text'\]"),
+    (_config(tasks=[{"name": "mine", "files": {"train": "x.jsonl"}, "kind": "classification", "metrics": ["accuracy"],
+                     "label_names": ["a", "b"], "template": "{text} / {text_pair}"}]),
+     r"template field\(s\) \['text_pair'\] unknown; a classification example gives \['text'\]"),
+    (_config(tasks=[{"name": "mine", "files": {"train": "x.jsonl"}, "kind": "classification", "metrics": ["accuracy"],
+                     "label_names": ["a", "b"], "template": "{text"}]), r"is not a format string"),
+    (_config(tasks=[{"name": "mine", "files": {"train": "x.jsonl"}, "kind": "language_modeling",
+                     "metrics": ["perplexity"], "template": "{text}"}]), r"template does not apply"),
 ])
 def test_bad_configs_are_refused_with_the_key(data, message):
     with pytest.raises(ConfigError, match=message):
@@ -79,6 +89,25 @@ def test_user_task_files_resolve_from_the_config_folder(tmp_path):
     examples = task.load(None, "train")
     assert examples[0] == {"text": "a b", "label": 1} and len(examples) == 18  # 2 held out for validation
     assert len(task.load(None, "validation")) == 2
+
+
+def test_a_template_formats_every_kind_of_user_task_with_its_text(tmp_path):
+    from moore.multitask.decoder import DecoderTasks
+
+    rows = {"pair": ('{"q": "a b", "p": "c d", "y": "yes"}\n', dict(kind="classification", label_names=["no", "yes"],
+                                                                       text_pair_field="p", template="{text} | {text_pair}?")),
+            "choice": ('{"q": "a b", "opts": ["x", "y"], "y": 1}\n', dict(kind="multiple_choice", options_field="opts",
+                                                                           template="Q: {text}\nA:"))}
+    tasks = []
+    for name, (row, spec) in rows.items():
+        (tmp_path / f"{name}.jsonl").write_text(row * 20)
+        tasks.append({"name": name, "files": {"train": f"{name}.jsonl"}, "metrics": ["accuracy"], "text_field": "q",
+                      "label_field": "y", **spec})
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(_config(tasks=tasks)))
+    cfg = load_run_config(path)
+    prompts = [DecoderTasks(None).prompt(task, task.load(None, "train")[0]) for task in build_tasks(cfg.tasks, cfg._base_dir)]
+    assert prompts == ["a b | c d?", "Q: a b\nA:"]
 
 
 def test_the_shipped_configs_validate():

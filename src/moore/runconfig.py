@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -109,7 +111,27 @@ class TaskSpec(_Strict):
             raise ValueError(f"task {self.name!r}: a multiple_choice task needs options_field")
         if self.kind == "classification" and not self.label_names:
             raise ValueError(f"task {self.name!r}: a classification task needs label_names")
+        if self.template is not None:
+            self._check_template()
         return self
+
+    def _check_template(self) -> None:
+        """The template's {fields} must be ones every example has, or training would fail on the first batch."""
+        if self.kind == "language_modeling":
+            raise ValueError(f"task {self.name!r}: a language_modeling task trains on its text as it is; template "
+                             "does not apply")
+        fields = {"text", "prompt"} if self.kind == "multiple_choice" else {"text"} | (
+            {"text_pair"} if self.text_pair_field else set())
+        try:
+            used = {re.match(r"[^.\[]*", name).group() for _, name, _, _ in string.Formatter().parse(self.template)
+                    if name is not None}
+        except ValueError as e:
+            raise ValueError(f"task {self.name!r}: template {self.template!r} is not a format string ({e}; write "
+                             "a literal brace as {{ or }})") from None
+        unknown = sorted(used - fields)
+        if unknown:
+            raise ValueError(f"task {self.name!r}: template field(s) {unknown} unknown; a {self.kind} example gives "
+                             f"{sorted(fields)} ({{text}} is the text_field's value)")
 
     def build(self, base_dir: Path | None = None) -> Task:
         if self.files is None:

@@ -177,7 +177,9 @@ def read_jsonl(text_field: str, text_pair_field: str | None, label_field: str | 
                     index = options.index(label) if isinstance(label, str) and label in options else label
                     if isinstance(index, str):
                         raise DataError(f"{where}: answer {label!r} is not one of the options {options}")
-                    out.append({"prompt": row[text_field], "options": options, "label": index, "_line": number})
+                    # "prompt" is what multiple-choice examples carry; "text" lets a template say {text} for every kind
+                    out.append({"prompt": row[text_field], "text": row[text_field], "options": options, "label": index,
+                                "_line": number})
                     continue
                 if kind == "classification" and isinstance(label, str):
                     if label not in label_names:
