@@ -235,17 +235,23 @@ def test_the_cli_turns_user_errors_into_one_line_and_exit_2(world, tmp_path):
     no_model = _config(world, tmp_path / "b")
     no_model["model"]["name_or_path"] = str(tmp_path / "missing-model")
     twins = {**_config(world, tmp_path / "c"), "tasks": [{"name": "sst2"}, {"name": "SST2"}]}
+    choice = tmp_path / "choice.jsonl"
+    write_jsonl(choice, [{"text": f"w{i} x", "options": ["a", "b"], "label": i % 2} for i in range(20)])
+    wrong_model = {**_config(world, tmp_path / "d"), "tasks": [{"name": "pick", "files": {"train": str(choice), "test": str(choice)},
+                   "kind": "multiple_choice", "metrics": ["accuracy"], "options_field": "options"}]}
     cases = [
         (bad_data, r"train.jsonl:13: label 7 is out of range"),
         (write_config(tmp_path / "model.yaml", no_model), "missing-model' does not exist"),
         (write_config(tmp_path / "twins.yaml", twins), "tasks listed twice"),
         (tmp_path, "is a folder"),
+        (write_config(tmp_path / "kind.yaml", wrong_model), "task 'pick' (multiple_choice) needs a decoder model"),
     ]
     for config, message in cases:
         result = moore_cli("train", config, "--no-progress", check=False)
         assert result.returncode == 2, (config, result.stderr[-2000:])
         assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
-        assert "trainable params" not in result.stdout  # refused before any model was built
+        if config.name != "kind.yaml":  # a task's fit to the model is known once the model has loaded
+            assert "trainable params" not in result.stdout  # refused before any model was built
     debug = moore_cli("--debug", "train", bad_data, "--no-progress", check=False)
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "DataError" in debug.stderr
 

@@ -43,6 +43,10 @@ def test_a_valid_config_and_its_defaults(tmp_path):
     (_config(adapter={"num_tasks": 3}), r"num_tasks is set from the task list"),
     (_config(stages=[["sst2"], ["mrpc"]]), r"stages name tasks that are not in tasks: \['mrpc'\]"),
     (_config(model={}), r"model.name_or_path: Field required"),
+    (_config(tasks=[{"name": "mine", "files": {"train": "x.jsonl"}, "kind": "classification", "metrics": ["accuracy"],
+                     "label_names": ["a", "b"]}]), r"task 'mine' has no test file, and the run is scored on"),
+    (_config(tasks=[{"name": "mine", "files": {"test": "x.jsonl"}, "kind": "classification", "metrics": ["accuracy"],
+                     "label_names": ["a", "b"]}]), r"task 'mine' is trained but has no train file"),
     (_config(tasks=[{"name": "mine", "files": {"train": "x.jsonl"}, "kind": "multiple_choice", "metrics": ["accuracy"],
                      "options_field": "opts", "template": "Q: {question}\nA:"}]),
      r"template field\(s\) \['question'\] unknown; a multiple_choice example gives \['prompt', 'text'\]"),
@@ -83,7 +87,8 @@ def test_user_task_files_resolve_from_the_config_folder(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(_config(tasks=[{"name": "mine", "files": {"train": "mine/train.jsonl"},
                                                    "kind": "classification", "metrics": ["accuracy"],
-                                                   "label_names": ["no", "yes"]}])))
+                                                   "label_names": ["no", "yes"]}],
+                                            evaluation={"split": "validation"})))
     cfg = load_run_config(path)
     (task,) = build_tasks(cfg.tasks, cfg._base_dir)
     examples = task.load(None, "train")
@@ -104,7 +109,7 @@ def test_a_template_formats_every_kind_of_user_task_with_its_text(tmp_path):
         tasks.append({"name": name, "files": {"train": f"{name}.jsonl"}, "metrics": ["accuracy"], "text_field": "q",
                       "label_field": "y", **spec})
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(_config(tasks=tasks)))
+    path.write_text(yaml.safe_dump(_config(tasks=tasks, evaluation={"split": "validation"})))
     cfg = load_run_config(path)
     prompts = [DecoderTasks(None).prompt(task, task.load(None, "train")[0]) for task in build_tasks(cfg.tasks, cfg._base_dir)]
     assert prompts == ["a b | c d?", "Q: a b\nA:"]

@@ -245,6 +245,15 @@ class RunConfig(_Strict):
                 raise ValueError(f"stages name tasks that are not in tasks: {unknown}")
             if any(not stage for stage in self.stages):
                 raise ValueError("a stage lists no task")
+        split = self.evaluation.split  # validation is there whenever train is (a part of it is held out)
+        for spec in self.tasks:
+            if spec.files is not None and "train" not in spec.files:
+                raise ValueError(f"task {spec.name!r} is trained but has no train file (its files: {sorted(spec.files)}); "
+                                 "a task that is only scored belongs under evaluation.zero_shot")
+        for spec in [*self.tasks, *self.evaluation.zero_shot]:
+            if spec.files is not None and split == "test" and "test" not in spec.files:
+                raise ValueError(f"task {spec.name!r} has no test file, and the run is scored on evaluation.split: "
+                                 "test; give files.test, or set evaluation.split: validation")
         return self
 
     def resolved_data_dir(self, override: str | os.PathLike | None = None) -> Path | None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError, MissingDataError
+from ..errors import ConfigError, DataError, MissingDataError
 from .metrics import KNOWN_METRICS
 from .readers import (
     Example,
@@ -90,7 +90,7 @@ class Task:
     def paths(self, data_dir: str | os.PathLike | None, split: str) -> list[Path]:
         key = "train" if split == self.holdout else split
         if key not in self.files:
-            raise ValueError(f"task {self.name!r} has no {split!r} split; it has {sorted(self.files)}")
+            raise ConfigError(f"task {self.name!r} has no {split!r} split; it has {sorted(self.files)}")
         root = Path(data_dir) if data_dir is not None else Path(".")
         return [p if p.is_absolute() else root / p for p in map(Path, self.files[key])]
 

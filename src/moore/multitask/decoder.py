@@ -20,6 +20,7 @@ from torch import nn
 
 from ..data.metrics import perplexity
 from ..data.tasks import Example, Task
+from ..errors import ConfigError
 from .common import chunks, pad, task_ids_tensor
 
 
@@ -33,9 +34,9 @@ class DecoderTasks:
 
     def check(self, task: Task) -> None:
         if task.kind == "regression":
-            raise ValueError(f"task {task.name!r} is a regression task: use an encoder model for it")
+            raise ConfigError(f"task {task.name!r} is a regression task: use an encoder model for it")
         if task.kind == "classification" and not task.template:
-            raise ValueError(f"task {task.name!r} has no prompt template, which a decoder needs")
+            raise ConfigError(f"task {task.name!r} has no prompt template, which a decoder needs")
 
     def heads(self, hidden: int, tasks: Sequence[Task]) -> nn.ModuleDict:
         return nn.ModuleDict()  # the language-model head answers every task
@@ -55,7 +56,7 @@ class DecoderTasks:
             return self.ids(text, True)
         tokenizer = self.model.tokenizer
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(f"task {task.name!r} asks for the chat format (chat: true), but the model's tokenizer "
+            raise ConfigError(f"task {task.name!r} asks for the chat format (chat: true), but the model's tokenizer "
                              "has no chat template")
         system = [{"role": "system", "content": task.system_prompt}] if task.system_prompt is not None else []
         turn = tokenizer.apply_chat_template([*system, {"role": "user", "content": text.strip()}], tokenize=False,

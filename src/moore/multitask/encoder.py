@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.tasks import Example, Task
+from ..errors import ConfigError
 from .common import chunks, mean_pool, task_ids_tensor
 
 
@@ -27,7 +28,7 @@ class EncoderTasks:
 
     def check(self, task: Task) -> None:
         if task.kind not in ("classification", "regression"):
-            raise ValueError(f"task {task.name!r} ({task.kind}) needs a decoder model; an encoder scores "
+            raise ConfigError(f"task {task.name!r} ({task.kind}) needs a decoder model; an encoder scores "
                              "classification and regression tasks")
 
     def heads(self, hidden: int, tasks: Sequence[Task]) -> nn.ModuleDict:
