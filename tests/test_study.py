@@ -439,3 +439,11 @@ def test_forgetting_gets_intervals_from_the_zero_shot_predictions(tmp_path):
     assert not row("lora", versus)[1].startswith("**")
     assert "On stsbenchmark, moore-L8 keeps more of the base model's score than full; it is within the noise of lora." \
         in section
+
+
+def test_a_run_name_outside_the_plan_is_one_line_naming_the_runs_it_could_be(tmp_path):
+    result = moore_cli("bench", "nlu-mtl-quick", "--run", "seed~nosuch~s0", "--results-dir", str(tmp_path / "results"),
+                       "--runs-dir", str(tmp_path / "runs"), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "'seed~nosuch~s0' is not (yet) a run of nlu-mtl-quick's plan" in result.stderr
+    assert "convergence~full" in result.stderr  # what it can name now

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
 from ..io import write_json
 from ..runconfig import TrainingSpec
 from ..training.checkpoints import read_log
@@ -230,7 +231,7 @@ def execute(suite_name: str, name: str, results_dir: Path, runs_dir: Path, data_
     suite = get_suite(suite_name)
     specs = {s.name: s for s in plan(suite, load_runs(results_dir))}
     if name not in specs:
-        raise ValueError(f"{name!r} is not (yet) a run of {suite_name}'s plan; runs it can name now: {sorted(specs)}")
+        raise ConfigError(f"{name!r} is not (yet) a run of {suite_name}'s plan; runs it can name now: {sorted(specs)}")
     spec = specs[name]
     if spec.phase == "base":
         return _execute_base(suite, results_dir, data_dir, device)
