@@ -62,8 +62,10 @@ def test_a_model_that_reads_its_layers_weight_works_under_every_method(method):
         alone = torch.cat([model(**{k: v[i:i + 1] for k, v in batch.items()}, task_ids=task_ids[i:i + 1]).logits
                            for i in range(3)])
     assert torch.allclose(mixed, alone, atol=1e-5)
-    generated = model.generate(input_ids=ids[:2], task_ids=[0, 2], max_new_tokens=3, num_beams=2, do_sample=False)
-    assert generated.shape[0] == 2
+    beams = dict(max_new_tokens=3, num_beams=2, do_sample=False)
+    generated = model.generate(input_ids=ids[:2], task_ids=[0, 2], **beams)
+    for i, task in enumerate([0, 2]):  # beam search on a mixed-task batch: each sample as if alone
+        assert torch.equal(generated[i], model.generate(input_ids=ids[i:i + 1], task_ids=[task], **beams)[0])
     for _, layer in model.adapter_layers():
         if hasattr(layer, "base_layer"):  # the layers that keep the base layer read through to it
             assert layer.weight is layer.base_layer.weight and layer.bias is layer.base_layer.bias

@@ -138,13 +138,13 @@ class MooreLinear(AdapterLayer):
         u, s, vh = cached_svd(weight, config.svd_dtype, svd_cache_dir, name=f"the weight of {module_name or 'the layer'}")
         return cls(u, s, vh, base_layer.bias, config, routing, layer_type(base_layer))
 
-    # --- the router -----------------------------------------------------------------------------
     @property
     def weight(self) -> torch.Tensor:
         """The frozen weight ``U diag(σ) Vᵀ`` (``Vᵀ H`` once merged) in the base layer's layout,
         computed only when its values are used: W itself is not kept."""
         return FactoredWeight(self.u, self.s, self.vh, transpose=self.layer_type == "conv1d")
 
+    # --- the router -----------------------------------------------------------------------------
     def task_table(self) -> torch.Tensor:
         """Every task's embedding t_k: (K, Dt)."""
         if self.added_task_embedding is None:
