@@ -555,7 +555,9 @@ def _precision(suite: Suite, runs: dict) -> list[str]:
     phases = suite.study.bf16_phases
     lines += ["", f"bf16 − fp32 on the test average: {100 * delta:+.2f} points. Phases trained in bf16: "
               f"{', '.join(p for p in phases if p != 'precision')}; in fp32: convergence"
-              + ("" if "grid" in phases else ", grid") + "."]
+              + ("" if "grid" in phases else ", grid") + ". The step times are those of two separate runs, each "
+              "sharing its machine with whatever else ran then, so they are not a speed comparison: "
+              "`benchmarks/bf16_speed.py` measures that side by side."]
     if fp32["device"] != bf16["device"]:  # kernels differ between devices: the gap is not precision's alone
         lines[-1] += (f" The two ran on different devices ({fp32['device']}, {bf16['device']}), so the difference "
                       "holds the device's numerics as well as the precision's; the speeds are not comparable.")
