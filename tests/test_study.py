@@ -447,3 +447,21 @@ def test_a_run_name_outside_the_plan_is_one_line_naming_the_runs_it_could_be(tmp
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "'seed~nosuch~s0' is not (yet) a run of nlu-mtl-quick's plan" in result.stderr
     assert "convergence~full" in result.stderr  # what it can name now
+
+
+def test_untuned_variants_of_moore_take_moore_l8s_rate_and_untuned_peers_loras():
+    # csr-mtl: LoRA's grid winner is ten times MoORE-L8's, where MoORE-L8 itself falls apart
+    suite = SUITES["csr-mtl"]
+    suite = replace(suite, study=replace(suite.study, grid_extensions=0))
+    runs = {"base": {"name": "base"},
+            "convergence~full": _record("c1", "full", 0.7, curve_peak=300),
+            "convergence~moore-L8": _record("c2", "moore-L8", 0.6, curve_peak=300)}
+    best = {"full": 3e-5, "lora": 1e-3, "moore-L8": 1e-4}
+    for spec in plan(suite, runs):
+        if spec.phase == "grid":
+            runs[spec.name] = _record(spec.name, spec.method, 0.7 - abs(np.log10(spec.lr) - np.log10(best[spec.method])),
+                                      lr=spec.lr)
+    specs = {s.name: s for s in plan(suite, runs)}
+    assert specs["seed~moore-L8~s0"].lr == 1e-4 and specs["seed~lora~s0"].lr == 1e-3
+    assert specs["seed~moore-L8-rms~s0"].lr == 1e-4 and specs["seed~moore-L0~s0"].lr == 1e-4  # variants of MoORE
+    assert specs["seed~mixlora~s0"].lr == 1e-3 and specs["seed~hra~s0"].lr == 1e-3  # peers: LoRA's

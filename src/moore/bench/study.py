@@ -9,7 +9,8 @@ study resumes at any point and runs in pieces, in parallel, across sessions:
 2. grid: each tuned method at each rate of its family's grid (seed 0, ``grid_fraction`` of the
    steps); the rate with the best validation average wins. MoORE-L8 also tries its reflections at
    a fraction of its rate (``param_lrs``), and keeps that if it wins. The other peers take the rate
-   chosen for ``lr_donor`` (LoRA).
+   chosen for ``lr_donor`` (LoRA); the other variants of MoORE take MoORE-L8's (a variant is MoORE-L8
+   with one change, and a LoRA rate can be ten times MoORE's, as on SmolLM2).
    With "precision" in ``bf16_phases``, a precision run repeats the reference's winning grid run in the
    other precision: bf16 autocast, or fp32 where the grid itself trains in bf16 ("grid" in ``bf16_phases``).
 3. seeds: every method once at the chosen rate and the full step count; the main methods (and the
@@ -42,7 +43,7 @@ from ..runconfig import TrainingSpec
 from ..training.checkpoints import read_log
 from ..training.mixing import mixing_probabilities
 from .provenance import provenance
-from .suites import ABLATION, PEER, REFERENCE, Study, Suite, get_suite, lr_text, next_rate, resolve_adapter
+from .suites import ABLATION, OURS, PEER, REFERENCE, Study, Suite, get_suite, lr_text, next_rate, resolve_adapter
 
 
 def beyond_specs(*args) -> list:
@@ -145,6 +146,8 @@ def plan(suite: Suite, runs: dict[str, dict]) -> list[RunSpec]:
                              phase="precision", bf16=twin_bf16))
     if study.lr_donor in rates:  # the untuned peers take the donor's rate
         rates.update({m: (rates[study.lr_donor][0], {}) for m in methods if m not in tuned})
+    if REFERENCE in rates:  # an untuned variant of MoORE is MoORE with one change: the reference's rates
+        rates.update({m: rates[REFERENCE] for m in methods if m not in tuned and suite.family(m) == OURS})
     main = {m: RunSpec(f"seed~{m}~s{study.seeds[0]}", "seed", m, lr, seed=study.seeds[0], steps=steps,
                        param_lrs=param_lrs, bf16="seed" in study.bf16_phases) for m, (lr, param_lrs) in rates.items()}
     specs += main.values()

@@ -463,7 +463,7 @@ def _protocol(suite: Suite) -> str:
         text += (f"; MoORE-L8's reflections also at {', '.join(f'{f:g}×' for f in study.reflection_factors)} its rate "
                  "(`training.param_lrs`)")
     seeds = ", ".join(map(str, study.seeds))
-    text += (f"; the other methods take {study.lr_donor}'s rate. (3) Every method at its chosen rate and the full "
+    text += (f"; the other peers take {study.lr_donor}'s rate, the other variants of MoORE {REFERENCE}'s. (3) Every method at its chosen rate and the full "
              f"step count" + (f"; {', '.join(study.main_methods)} and the peer with the best validation average at "
                               f"seeds {seeds}." if len(study.seeds) > 1 else f", seed {seeds}."))
     if study.single_methods:
