@@ -144,10 +144,10 @@ def plan(suite: Suite, runs: dict[str, dict]) -> list[RunSpec]:
         twin_bf16 = not winners[REFERENCE].bf16
         specs.append(replace(winners[REFERENCE], name=f"precision~{REFERENCE}~{'bf16' if twin_bf16 else 'fp32'}",
                              phase="precision", bf16=twin_bf16))
-    if study.lr_donor in rates:  # the untuned peers take the donor's rate
-        rates.update({m: (rates[study.lr_donor][0], {}) for m in methods if m not in tuned})
-    if REFERENCE in rates:  # an untuned variant of MoORE is MoORE with one change: the reference's rates
-        rates.update({m: rates[REFERENCE] for m in methods if m not in tuned and suite.family(m) == OURS})
+    for m in methods:  # untuned: a variant of MoORE (MoORE with one change) waits for the reference's
+        donor = REFERENCE if suite.family(m) == OURS else study.lr_donor  # rates, a peer for the donor's rate
+        if m not in tuned and donor in rates:
+            rates[m] = rates[donor] if donor == REFERENCE else (rates[donor][0], {})
     main = {m: RunSpec(f"seed~{m}~s{study.seeds[0]}", "seed", m, lr, seed=study.seeds[0], steps=steps,
                        param_lrs=param_lrs, bf16="seed" in study.bf16_phases) for m, (lr, param_lrs) in rates.items()}
     specs += main.values()

@@ -463,8 +463,8 @@ def _protocol(suite: Suite) -> str:
         text += (f"; MoORE-L8's reflections also at {', '.join(f'{f:g}×' for f in study.reflection_factors)} its rate "
                  "(`training.param_lrs`)")
     seeds = ", ".join(map(str, study.seeds))
-    text += (f"; the other peers take {study.lr_donor}'s rate, the other variants of MoORE {REFERENCE}'s. (3) Every method at its chosen rate and the full "
-             f"step count" + (f"; {', '.join(study.main_methods)} and the peer with the best validation average at "
+    text += (f"; the other peers take {study.lr_donor}'s rate, the other variants of MoORE {REFERENCE}'s. "
+             f"(3) Every method at its chosen rate and the full step count" + (f"; {', '.join(study.main_methods)} and the peer with the best validation average at "
                               f"seeds {seeds}." if len(study.seeds) > 1 else f", seed {seeds}."))
     if study.single_methods:
         text += (f" (4) Single-task runs of {', '.join(study.single_methods)}: one adapter per task, with the steps "
@@ -560,7 +560,7 @@ def _precision(suite: Suite, runs: dict) -> list[str]:
               "`benchmarks/bf16_speed.py` measures that side by side."]
     if fp32["device"] != bf16["device"]:  # kernels differ between devices: the gap is not precision's alone
         lines[-1] += (f" The two ran on different devices ({fp32['device']}, {bf16['device']}), so the difference "
-                      "holds the device's numerics as well as the precision's; the speeds are not comparable.")
+                      "holds the device's numerics as well as the precision's.")
     return lines + [""]
 
 
