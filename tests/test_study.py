@@ -24,15 +24,18 @@ TASKS = [t["name"] for t in SUITE.config["tasks"]]
 SIZES = {"cola": 8051, "sst2": 10000, "mrpc": 3669, "rte": 2241, "qnli": 4370}
 
 
-def _record(name: str, method: str, validation: float, *, lr=1e-3, seed=0, steps=100, correct=0.8, tasks=TASKS,
+def _record(name: str, method: str, validation: float, *, lr=None, seed=None, steps=None, correct=0.8, tasks=TASKS,
             param_lrs=None, curve_peak: int = 300) -> dict:
+    """A synthetic run file; lr, seed and steps are recorded only where given (a file is held to the plan
+    only on the fields it records)."""
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     labels = {t: np.random.default_rng(zlib.crc32(t.encode())).integers(0, 2, 200).tolist()  # one test set per task
               for t in tasks}
     predictions = {t: [y if rng.random() < correct else 1 - y for y in labels[t]] for t in tasks}
     curve = [{"step": s, "average": validation - 0.01 * abs(s - curve_peak) / 100, "scores": {},
               "zero_shot": {"stsbenchmark": 0.8 - s / 10000}} for s in range(100, 501, 100)]
-    return {"name": name, "method": method, "lr": lr, "param_lrs": param_lrs or {}, "seed": seed, "steps": steps,
+    given = {k: v for k, v in (("lr", lr), ("seed", seed), ("steps", steps)) if v is not None}
+    return {"name": name, "method": method, **given, "param_lrs": param_lrs or {},
             "validation_best": validation, "curve": curve, "predictions": predictions, "labels": labels,
             "scores": {t: {"mcc" if t == "cola" else "f1" if t == "mrpc" else "accuracy": correct} for t in tasks},
             "average": correct, "zero_shot": {"stsbenchmark": {"spearman": 0.8}}, "trainable_parameters": 1000,
@@ -153,13 +156,13 @@ def test_paired_bootstrap_finds_real_differences_and_not_noise():
 def test_the_report_is_rebuilt_from_run_files(tmp_path):
     runs = {"convergence~full": _record("c1", "full", 0.7), "convergence~moore-L8": _record("c2", "moore-L8", 0.6)}
     for m, lr in (("full", 5e-5), ("lora", 1e-3), ("moore-L8", 1e-3), ("moore-L0", 1e-3)):
-        runs[f"grid~{m}~lr{lr:.0e}".replace("e-0", "e-")] = _record("g", m, 0.6, lr=lr)
+        runs[f"grid~{m}~lr{lr:.0e}".replace("e-0", "e-")] = _record("g", m, 0.6, lr=lr, steps=150)
         for seed in (0, 1, 2):
             runs[f"seed~{m}~s{seed}"] = _record(f"s{m}{seed}", m, 0.6, seed=seed, lr=lr,
                                                 correct=0.9 if m == "moore-L8" else 0.6)
         for t in TASKS:
             runs[f"single~{m}~{t}"] = _record(f"x{m}{t}", m, 0.6, tasks=[t], correct=0.7)
-    runs["precision~moore-L8~bf16"] = _record("p", "moore-L8", 0.6, lr=1e-3, correct=0.75)
+    runs["precision~moore-L8~bf16"] = _record("p", "moore-L8", 0.6, lr=1e-3, steps=150, correct=0.75)
     for seed, jitter in enumerate((0.0, 0.01, -0.01)):  # MoORE-L8 forgets 10 points more than LoRA, seed after seed
         runs[f"seed~moore-L8~s{seed}"]["zero_shot"] = {"stsbenchmark": {"spearman": 0.70 + jitter}}
         runs[f"seed~lora~s{seed}"]["zero_shot"] = {"stsbenchmark": {"spearman": 0.80 - jitter}}
@@ -233,7 +236,7 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
 def test_the_precision_section_pairs_an_fp32_twin_with_a_bf16_grid_run(tmp_path):
     for name, lr, average, bf16 in (("grid~moore-L8~lr1e-3", 1e-3, 0.70, True), ("grid~moore-L8~lr3e-4", 3e-4, 0.60, True),
                                     ("precision~moore-L8~fp32", 1e-3, 0.72, False)):
-        write_json(tmp_path / "runs" / f"{name}.json", {**_record(name, "moore-L8", 0.6, lr=lr, correct=average),
+        write_json(tmp_path / "runs" / f"{name}.json", {**_record(name, "moore-L8", 0.6, lr=lr, steps=100, correct=average),
                                                         "bf16": bf16})
     report = write_study_report("nlu-mtl", tmp_path).read_text()
     assert "repeated in fp32" in report and "bf16 − fp32 on the test average: -2.00 points" in report
@@ -414,7 +417,7 @@ def test_forgetting_gets_intervals_from_the_zero_shot_predictions(tmp_path):
 
     runs = {}
     for seed, (m, noise) in enumerate((("moore-L8", 0.02), ("lora", 0.02), ("full", 1.0))):  # only full forgets
-        record = _record(f"s{m}", m, 0.6)
+        record = _record(f"s{m}", m, 0.6, seed=0)
         record.update(zero_shot_predictions={"stsbenchmark": probe(noise, seed)},
                       zero_shot_labels={"stsbenchmark": gold.tolist()})
         record["zero_shot"] = {"stsbenchmark": {"spearman": spearman(record["zero_shot_predictions"]["stsbenchmark"],
@@ -471,3 +474,43 @@ def test_untuned_variants_of_moore_take_moore_l8s_rate_and_untuned_peers_loras()
     assert specs["seed~moore-L8~s0"].lr == 1e-4 and specs["seed~lora~s0"].lr == 1e-3
     assert specs["seed~moore-L8-rms~s0"].lr == 1e-4 and specs["seed~moore-L0~s0"].lr == 1e-4  # variants of MoORE
     assert specs["seed~mixlora~s0"].lr == 1e-3 and specs["seed~hra~s0"].lr == 1e-3  # peers: LoRA's
+
+
+def test_a_run_file_trained_otherwise_than_the_plan_is_stale_left_out_and_superseded(tmp_path):
+    from moore.bench.study import current_runs, supersede
+
+    suite = replace(SUITES["csr-mtl"], study=replace(SUITES["csr-mtl"].study, grid_extensions=0))
+    runs = {"convergence~full": _record("c1", "full", 0.7, curve_peak=300),
+            "convergence~moore-L8": _record("c2", "moore-L8", 0.6, curve_peak=300)}
+    best = {"full": 3e-5, "lora": 1e-3, "moore-L8": 1e-4}
+    for spec in [s for s in plan(suite, runs) if s.phase == "grid"]:
+        runs[spec.name] = _record(spec.name, spec.method, 0.7 - abs(np.log10(spec.lr) - np.log10(best[spec.method])),
+                                  lr=spec.lr, steps=spec.steps, seed=0)
+    specs = {s.name: s for s in plan(suite, runs)}
+    for name in ("seed~lora~s0", "seed~moore-L8~s0"):
+        runs[name] = _record(name, specs[name].method, 0.6, lr=specs[name].lr, seed=0, steps=specs[name].steps)
+    assert current_runs(suite, runs) == (runs, {})  # every file as the plan names it
+    # LoRA's seed run trained at another rate (an older rule), and one of MoORE-L8's grid runs at other steps
+    runs["seed~lora~s0"] = {**runs["seed~lora~s0"], "lr": 3e-3}
+    grid_run = next(n for n in runs if n.startswith("grid~moore-L8~"))
+    runs[grid_run] = {**runs[grid_run], "steps": specs[grid_run].steps + 7}
+    current, stale = current_runs(suite, runs)
+    assert stale == {"seed~lora~s0": {"lr": (3e-3, 1e-3)},
+                     grid_run: {"steps": (specs[grid_run].steps + 7, specs[grid_run].steps)}}
+    # without its grid run MoORE-L8 has no chosen rate: its seed run is no longer named, and is kept as it is
+    assert "seed~moore-L8~s0" in current and "seed~moore-L8~s0" not in {s.name for s in plan(suite, current)}
+    assert {"seed~lora~s0", grid_run} <= {s.name for s in plan(suite, current)} - current.keys()  # to run again
+    # a file without a field (written before it existed) is held only to the fields it has
+    assert current_runs(suite, {**runs, "seed~lora~s0": {k: v for k, v in runs["seed~lora~s0"].items() if k != "lr"}}
+                        )[1].keys() == {grid_run}
+
+    for name, record in runs.items():
+        write_json(tmp_path / "runs" / f"{name}.json", record)
+    moved = supersede(tmp_path, "seed~lora~s0", stale["seed~lora~s0"])
+    assert moved == tmp_path / "superseded" / "seed~lora~s0~lr3e-3.json" and moved.is_file()
+    assert not (tmp_path / "runs" / "seed~lora~s0.json").exists()
+    write_json(tmp_path / "runs" / "seed~lora~s0.json", runs["seed~lora~s0"])  # stale again: never overwritten
+    assert supersede(tmp_path, "seed~lora~s0", stale["seed~lora~s0"]).name == "seed~lora~s0~lr3e-3~2.json"
+    report = write_study_report("csr-mtl", tmp_path).read_text()  # the registered suite: its grids fit these runs too
+    assert "**Left out: 1 stale run file.**" in report, report[:3000]
+    assert f"| {grid_run} | steps {specs[grid_run].steps + 7} (plan: {specs[grid_run].steps}) |" in report

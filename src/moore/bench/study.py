@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import subprocess
 import sys
 import time
@@ -77,6 +78,76 @@ def load_runs(results_dir: Path) -> dict[str, dict]:
     for path in sorted((Path(results_dir) / "runs").glob("*.json")):
         runs[path.stem] = json.loads(path.read_text())
     return runs
+
+
+# what a run file records of its spec; the tasks are compared apart (a file lists them all, a spec may name none)
+RECORDED_FIELDS = ("phase", "method", "lr", "param_lrs", "seed", "steps", "bf16", "length_buckets")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
+def differences(spec: RunSpec, record: dict) -> dict[str, tuple[Any, Any]]:
+    """Where a run file disagrees with the plan's spec of that run: field -> (recorded, planned). A file
+    is held only to the fields it records: one written before a field existed ran at that field's
+    default, which is what a spec of its time would have said."""
+    out = {f: (record[f], getattr(spec, f)) for f in RECORDED_FIELDS
+           if f in record and not _same(record[f], getattr(spec, f))}
+    if spec.tasks and record.get("tasks") is not None and sorted(record["tasks"]) != sorted(spec.tasks):
+        out["tasks"] = (record["tasks"], list(spec.tasks))
+    return out
+
+
+def current_runs(suite: Suite, runs: dict[str, dict]) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(current, stale): the run files split by whether they match the run the plan names under their
+    name. A stale file (trained at another rate, step count, seed, ... than the plan now asks, say after
+    a rule changed or an earlier phase gained a run) is no evidence for the protocol, and the plan is
+    made without it, so nothing downstream is chosen from it; stale maps its name to its differences.
+    Files the plan does not name are kept as they are."""
+    current, stale = dict(runs), {}
+    while True:  # dropping a stale file can change what the plan names after it
+        found = {}
+        for spec in plan(suite, current):
+            if spec.name in current and (diff := differences(spec, current[spec.name])):
+                found[spec.name] = diff
+        if not found:
+            return current, stale
+        for name in found:
+            del current[name]
+        stale.update(found)
+
+
+def superseded_name(name: str, diff: dict[str, tuple[Any, Any]]) -> str:
+    """A stale file's name in ``superseded/``: the run's name and what it was trained with instead."""
+    def text(value: Any) -> str:
+        if isinstance(value, float):
+            return lr_text(value)
+        if isinstance(value, dict):
+            return "-".join(f"{k}{text(v)}" for k, v in value.items()) or "none"
+        return "-".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+    return "~".join([name, *(f"{field}{text(recorded)}" for field, (recorded, _) in diff.items())])
+
+
+def supersede(results_dir: Path, name: str, diff: dict[str, tuple[Any, Any]]) -> Path:
+    """Move a stale run file to ``superseded/`` (kept as evidence, never overwritten; the report does not
+    read that folder) before the run is trained again as the plan now says."""
+    folder = Path(results_dir) / "superseded"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{superseded_name(name, diff)}.json"
+    n = 1
+    while target.exists():
+        n += 1
+        target = folder / f"{superseded_name(name, diff)}~{n}.json"
+    (Path(results_dir) / "runs" / f"{name}.json").replace(target)
+    logger.warning("%s: its file was trained with %s, not as the plan now says; moved to %s and trained again",
+                   name, ", ".join(f"{f} {r!r} (plan: {p!r})" for f, (r, p) in diff.items()), target)
+    return target
 
 
 # --- the plan -----------------------------------------------------------------------------------------
@@ -232,16 +303,19 @@ def execute(suite_name: str, name: str, results_dir: Path, runs_dir: Path, data_
     from ..evaluation import evaluate_tasks
 
     suite = get_suite(suite_name)
-    specs = {s.name: s for s in plan(suite, load_runs(results_dir))}
+    current, stale = current_runs(suite, load_runs(results_dir))
+    specs = {s.name: s for s in plan(suite, current)}
     if name not in specs:
         raise ConfigError(f"{name!r} is not (yet) a run of {suite_name}'s plan; runs it can name now: {sorted(specs)}")
     spec = specs[name]
+    if name in stale:  # the old file stays as evidence, out of the plan's way
+        supersede(results_dir, name, stale[name])
     if spec.phase == "base":
         return _execute_base(suite, results_dir, data_dir, device)
     if spec.phase in ("taskfree", "addtask") and spec.method == REFERENCE:  # no training run of the usual kind
         from .beyond import execute_beyond
 
-        return execute_beyond(suite, spec, load_runs(results_dir), results_dir, runs_dir, data_dir, device=device)
+        return execute_beyond(suite, spec, current, results_dir, runs_dir, data_dir, device=device)
     trainer, adapter, results, seconds = train_run(suite, spec, runs_dir, data_dir, device=device, progress=progress)
     config, model = trainer.config, trainer.model
     predictions = dict(trainer.test_predictions)  # from the final test pass
@@ -404,6 +478,7 @@ def run_study(suite_name: str, results_dir: Path, runs_dir: Path, data_dir: Path
     start = time.time()
     running: dict[str, subprocess.Popen] = {}
     failed: set[str] = set()
+    warned: set[str] = set()
     while True:
         for name, proc in list(running.items()):
             if proc.poll() is not None:
@@ -413,7 +488,11 @@ def run_study(suite_name: str, results_dir: Path, runs_dir: Path, data_dir: Path
                     logger.error("%s failed (exit %d); see %s", name, proc.returncode, _log_path(results_dir, name))
                 print(f"[{time.time() - start:7.0f}s] {name}: {'done' if proc.returncode == 0 else 'FAILED'}",
                       flush=True)
-        runs = load_runs(results_dir)
+        runs, stale = current_runs(suite, load_runs(results_dir))  # a stale file's run is trained again
+        for name in stale.keys() - warned:
+            warned.add(name)
+            print(f"[{time.time() - start:7.0f}s] {name}: its file is stale (" + ", ".join(
+                f"{f} {r!r}, plan {p!r}" for f, (r, p) in stale[name].items()) + "); it runs again", flush=True)
         # shortest first: more results land sooner, and a run cut short costs least
         todo = [s.name for s in sorted(plan(suite, runs), key=lambda s: s.steps)
                 if s.name not in runs and s.name not in running and s.name not in failed]
@@ -431,7 +510,7 @@ def run_study(suite_name: str, results_dir: Path, runs_dir: Path, data_dir: Path
             running[name] = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT)
             print(f"[{time.time() - start:7.0f}s] {name}: started", flush=True)
         time.sleep(2)
-    runs = load_runs(results_dir)
+    runs, _ = current_runs(suite, load_runs(results_dir))
     left = [s.name for s in plan(suite, runs) if s.name not in runs]
     print(f"study {suite_name}: {len(runs)} runs done, {len(left)} left"
           + (f", failed: {sorted(failed)}" if failed else ""))

@@ -11,7 +11,7 @@ import numpy as np
 from ..data.metrics import LOWER_IS_BETTER, METRICS
 from ..data.tasks import get_task
 from ..runconfig import TaskSpec
-from .study import chosen_runs, chosen_steps, load_runs, plan, study_cost
+from .study import chosen_runs, chosen_steps, current_runs, load_runs, plan, study_cost
 from .suites import REFERENCE, Suite, get_suite, lr_text
 
 BOOTSTRAP = 1000
@@ -406,7 +406,8 @@ def _added_task(suite: Suite, runs: dict, results_dir: Path) -> list[str]:
 def write_study_report(suite_name: str, results_dir: Path) -> Path:
     suite = get_suite(suite_name)
     results_dir = Path(results_dir)
-    runs = load_runs(results_dir)
+    loaded = load_runs(results_dir)
+    runs, stale = current_runs(suite, loaded)  # a stale file is no evidence for the protocol
     tasks = [t["name"] for t in suite.config["tasks"]]
     zero_names = [z["name"] for z in suite.config["evaluation"].get("zero_shot", [])]
     todo = [s.name for s in plan(suite, runs) if s.name not in runs]
@@ -419,6 +420,7 @@ def write_study_report(suite_name: str, results_dir: Path) -> Path:
         lines += [f"**Status: {_count(len(runs), 'run')} done, {len(todo)} named by the plan so far still to run** (later phases "
                   f"are planned as earlier ones finish). Continue with `moore bench {suite_name} --workers N`; it "
                   "resumes per run.", ""]
+    lines += _stale(suite_name, stale)
     lines += _convergence(suite, runs, results_dir)
     lines += _rates(suite, runs, todo)
     lines += _precision(suite, runs)
@@ -434,7 +436,7 @@ def write_study_report(suite_name: str, results_dir: Path) -> Path:
         lines += _scores(suite, {}, tasks, zero_names, runs["base"])
     lines += _task_free(suite, runs, results_dir)
     lines += _added_task(suite, runs, results_dir)
-    cost = study_cost(runs) if runs else None
+    cost = study_cost(loaded) if loaded else None  # what was spent, stale runs included
     if cost:
         lines += ["## Cost", "", f"{_count(cost['runs'], 'run')}, {cost['hours']:.2f} hours of training loop in all, on "
                   f"{', '.join(cost['devices'])} ({', '.join(cost['gpus'])}). Times per run are in the run files "
@@ -443,6 +445,17 @@ def write_study_report(suite_name: str, results_dir: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)  # a study with no run yet still gets its report
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _stale(suite_name: str, stale: dict[str, dict]) -> list[str]:
+    if not stale:
+        return []
+    rows = [f"| {name} | " + "; ".join(f"{field} {recorded} (plan: {planned})"
+                                       for field, (recorded, planned) in diff.items()) + " |"
+            for name, diff in sorted(stale.items())]
+    return [f"**Left out: {_count(len(stale), 'stale run file')}.** Each was trained otherwise than the plan now "
+            f"names that run, so no table or choice reads it. `moore bench {suite_name}` trains it again and moves "
+            "the old file to `superseded/`.", "", "| run | recorded (plan) |", "|---|---|", *rows, ""]
 
 
 def _protocol(suite: Suite) -> str:
