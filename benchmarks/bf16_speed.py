@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import platform
 import statistics
 import time
 
@@ -25,6 +26,14 @@ import torch  # noqa: E402
 from moore import AdapterConfig, get_moore_model  # noqa: E402
 from moore.bench.suites import get_suite, resolve_adapter  # noqa: E402
 from moore.hub import load_base_model  # noqa: E402
+from moore.precision import bf16_is_native  # noqa: E402
+
+
+def cpu_name() -> str:
+    try:  # Linux names the model; elsewhere platform's string will do
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def one_step(model, optimizer, batch, task_ids, bf16: bool) -> float:
@@ -71,6 +80,7 @@ def main() -> None:
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     num_tasks = len(suite.config["tasks"])
     task_ids = {"task_ids": torch.arange(args.batch) % num_tasks}
+    print(f"CPU: {cpu_name()}; bf16 in hardware (AVX-512 BF16 or AMX): {'yes' if bf16_is_native('cpu') else 'no'}")
     print(f"{args.suite}, {torch.get_num_threads()} threads, batch {args.batch} × {args.length} tokens, median of {args.steps} steps")
     print(f"{'method':10s} {'fp32 s/step':>12s} {'bf16 s/step':>12s} {'bf16/fp32':>10s}")
     for method in args.methods.split(","):

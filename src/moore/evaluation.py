@@ -11,6 +11,7 @@ import torch
 from .data.metrics import LOWER_IS_BETTER
 from .data.tasks import Example, Task
 from .multitask import MultiTaskModel
+from .precision import warn_if_bf16_is_slow
 
 
 def evaluate_tasks(model: MultiTaskModel, data: dict[str, tuple[Task, list[Example]]], *, batch_size: int = 32,
@@ -21,6 +22,8 @@ def evaluate_tasks(model: MultiTaskModel, data: dict[str, tuple[Task, list[Examp
     task by its own id; ``None`` scores with the unseen-task (mean) embedding (zero-shot). Pass a
     dict as ``predictions`` to have it filled with each task's predictions from the same pass.
     ``bf16``: in bf16 autocast (log-probabilities still taken in float32)."""
+    if bf16:
+        warn_if_bf16_is_slow(model.device, "evaluation.bf16")
     results = {}
     for name, (task, examples) in data.items():
         how = scoring

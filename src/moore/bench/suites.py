@@ -14,6 +14,7 @@ from typing import Any
 
 from ..budget import count_trainable_parameters, match_budget
 from ..config import AdapterConfig
+from ..precision import bf16_is_native
 from ..layers import (
     FullFinetuneConfig,
     HraConfig,
@@ -207,6 +208,14 @@ SUITES: dict[str, Suite] = {s.name: s for s in [
 ]}
 
 
+def _quick_bf16_phases(phases: tuple[str, ...]) -> tuple[str, ...]:
+    """A quick suite's bf16 phases: the full suite's on a CPU with bf16 in hardware; elsewhere only the
+    precision run, which still takes the bf16 path once. Emulated bf16 makes a step 15-18x slower
+    (moore/precision.py), and a smoke test should take minutes on any CPU. The full suites never adapt:
+    their precision is part of each run's record."""
+    return phases if bf16_is_native("cpu") else tuple(p for p in phases if p == "precision")
+
+
 def _nlu_mtl(quick: bool) -> Suite:
     """The NLU benchmark at convergence (issue: NLU-MTL at convergence). ``quick``: the same
     protocol on a few examples and steps, three methods, for a smoke test."""
@@ -230,7 +239,8 @@ def _nlu_mtl(quick: bool) -> Suite:
         study = replace(study, grids={FULL: (5e-5,), "adapter": (1e-3,)}, main_methods=(REFERENCE,),
                         single_methods=(REFERENCE,), seeds=(0, 1), convergence_steps=4, eval_every=2,
                         reflection_factors=(0.1,), tuned_methods=(REFERENCE, "lora"), task_subsets=(("cola", "sst2"),),
-                        added_task="mrpc", added_sizes=(20,), added_steps=3)
+                        added_task="mrpc", added_sizes=(20,), added_steps=3,
+                        bf16_phases=_quick_bf16_phases(study.bf16_phases))
         evaluation["zero_shot"] = [{"name": "stsbenchmark", "max_eval": 16}]
         tasks = [{**t, "max_validation": 16} for t in tasks]
     return Suite(
@@ -277,22 +287,26 @@ def _csr_mtl(quick: bool) -> Suite:
     # used in (62.8% on its 872 test examples; 55.0% with the plain template). RTE, QNLI (chance) and
     # MRPC, CoLA (the majority class) measure nothing on this model, so they are left out.
     zero_shot = [{"name": "wikitext2", "max_eval": 200}, {"name": "sst2", "chat": True, "max_eval": 400}]
-    if quick:
-        tasks = [{**t, "max_train": 24, "max_validation": 8, "max_eval": 8} for t in tasks[:2]]
+    scoring_bf16, max_length = True, 256
+    if quick:  # SmolLM2 scores every option and WikiText-2 at each evaluation: kept small, the smoke test is minutes
+        tasks = [{**t, "max_train": 24, "max_validation": 4, "max_eval": 8} for t in tasks[:2]]
         methods = {m: methods[m] for m in ("full", "lora", REFERENCE)}
         study = replace(study, grids={FULL: (3e-5,), "adapter": (3e-4,)}, main_methods=(REFERENCE,),
-                        tuned_methods=(REFERENCE, "lora", "full"), convergence_steps=4, eval_every=2, grid_extensions=0)
-        zero_shot = [{**z, "max_eval": 8} for z in zero_shot]
+                        tuned_methods=(REFERENCE, "lora", "full"), convergence_steps=4, eval_every=2, grid_extensions=0,
+                        seeds=(0, 1), bf16_phases=_quick_bf16_phases(study.bf16_phases))
+        zero_shot = [{**z, "max_eval": 2 if z["name"] == "wikitext2" else 4} for z in zero_shot]
+        max_length = 128
+        scoring_bf16 = bf16_is_native("cpu")
     return Suite(
         name="csr-mtl-quick" if quick else "csr-mtl",
         title="CSR-MTL: SmolLM2-135M-Instruct on four commonsense tasks at once, answers as option texts"
               + (" (quick smoke test)" if quick else ""),
-        config={"model": {"name_or_path": "smollm2", "max_length": 256}, "tasks": tasks,
+        config={"model": {"name_or_path": "smollm2", "max_length": max_length}, "tasks": tasks,
                 "training": {"batch_size": 8, "schedule": "wsd", "warmup_steps": 0.06, "decay_steps": 0.2,
                              "mixing": "temperature", "temperature": 2.0, "log_every": 20, "keep_checkpoints": 1},
                 # scoring in bf16: 2.7x faster on this CPU, the same picks (benchmarks/bf16_scoring.py)
                 "evaluation": {"batch_size": 16, "split": "test", "scoring": "loglik", "track_zero_shot": True,
-                               "zero_shot": zero_shot, "bf16": True}},
+                               "zero_shot": zero_shot, "bf16": scoring_bf16}},
         methods=methods,
         routing_layer="model.layers.15.self_attn.q_proj",
         efficiency={"batch_size": 4, "length": 128},

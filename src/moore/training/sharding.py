@@ -12,20 +12,15 @@ and the optimizer state is checkpointed in its full form, keyed by parameter nam
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.fsdp import FSDPModule, fully_shard
 
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+# torch.distributed.fsdp and .checkpoint are imported where used: together they add over a second to
+# every `moore` command's start, and only FSDP runs need them.
 
 
 def block_classes(model: nn.Module) -> set[str]:
@@ -37,6 +32,8 @@ def block_classes(model: nn.Module) -> set[str]:
 
 def shard(model: nn.Module) -> nn.Module:
     """``fully_shard`` every transformer block of ``model``, then the model itself (in place)."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
     if isinstance(model, FSDPModule):
         return model
     blocks = block_classes(model)
@@ -51,13 +48,16 @@ def shard(model: nn.Module) -> nn.Module:
 
 
 def is_sharded(model: nn.Module) -> bool:
-    return isinstance(model, FSDPModule)
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # not imported: nothing can be sharded yet
+    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
 
 
 @contextmanager
 def full_parameters(model: nn.Module) -> Iterator[None]:
     """Every parameter whole on every process (a collective: all processes enter), read-only:
     writes to them are lost when the shards come back."""
+    from torch.distributed.fsdp import FSDPModule
+
     units = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for unit in units:
         unit.unshard()
@@ -71,16 +71,22 @@ def full_parameters(model: nn.Module) -> Iterator[None]:
 def load_full_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load whole tensors (keyed by the model's parameter names; a subset) into the shards; rank 0's
     ``state`` counts, the other ranks may pass an empty dict."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
                                                                 strict=False))
 
 
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """The optimizer's state, whole and keyed by parameter name (a collective)."""
-    return get_optimizer_state_dict(model, optimizer, options=FULL)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 

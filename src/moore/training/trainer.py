@@ -28,6 +28,7 @@ from ..errors import TrainingDivergedError
 from ..hub import check_model_source
 from ..io import write_json
 from ..multitask import MultiTaskModel
+from ..precision import warn_if_bf16_is_slow
 from ..runconfig import ConfigError, RunConfig, build_tasks, check_data
 from .checkpoints import (
     TrainerState,
@@ -202,6 +203,8 @@ class Trainer:
         lock = claim_run_folder(self.output_dir, self.ctx, resume=resume, overwrite=overwrite)
         try:
             torch.manual_seed(self.spec.seed)
+            if self.spec.bf16:
+                warn_if_bf16_is_slow(self.ctx.device, "training.bf16")
             self._load_data()  # data errors surface before any model loads
             checkpoint = self._checkpoint_to_resume(resume)
             self.model = MultiTaskModel.build(
