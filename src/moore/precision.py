@@ -18,11 +18,12 @@ logger = logging.getLogger(__name__)
 _warned: set[str] = set()
 
 
-def bf16_is_native(device: str | torch.device) -> bool:
+def bf16_is_native(device: str | torch.device | None = None) -> bool:
     """True where bf16 matmuls run in hardware (a bf16-capable GPU, an x86 CPU with AVX-512 BF16 or
     AMX); False on an x86 CPU without either. Unknown hardware (another architecture, a torch
-    without the probes) counts as native: nothing to warn about that we could not check."""
-    device = torch.device(device)
+    without the probes) counts as native: nothing to warn about that we could not check.
+    ``None``: the device moore runs on by default, the GPU if there is one."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type != "cpu" or platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
@@ -32,7 +33,7 @@ def bf16_is_native(device: str | torch.device) -> bool:
     return not probes or any(probe() for probe in probes)
 
 
-def warn_if_bf16_is_slow(device: str | torch.device, setting: str, advice: str | None = None) -> bool:
+def warn_if_bf16_is_slow(device: str | torch.device | None, setting: str, advice: str | None = None) -> bool:
     """Log one warning per process and setting when bf16 autocast is asked for on a device that
     emulates it; ``setting`` names the switch (e.g. ``training.bf16``), ``advice`` replaces the
     default "turn it off". True if it warned."""

@@ -40,6 +40,7 @@ import torch
 
 from ..errors import ConfigError
 from ..io import write_json
+from ..precision import warn_if_bf16_is_slow
 from ..runconfig import TrainingSpec
 from ..training.checkpoints import read_log
 from ..training.mixing import mixing_probabilities
@@ -310,15 +311,13 @@ def execute(suite_name: str, name: str, results_dir: Path, runs_dir: Path, data_
     spec = specs[name]
     if name in stale:  # the old file stays as evidence, out of the plan's way
         supersede(results_dir, name, stale[name])
-    in_bf16 = [s for s, on in (("training.bf16", spec.bf16), ("evaluation.bf16", suite.config["evaluation"].get("bf16")))
-               if on]  # the plan fixes the precision, whatever the machine: warn under the settings' own names
-    if in_bf16:
-        from ..precision import warn_if_bf16_is_slow
-
-        for setting in in_bf16:
-            warn_if_bf16_is_slow(device or ("cuda" if torch.cuda.is_available() else "cpu"), setting, advice=(
-                f"{suite_name}'s plan trains and scores {name} in bf16 autocast, and a run in fp32 would be another "
-                f"run, so expect it to take many times as long here as on a CPU with AVX-512 BF16 or a GPU."))
+    # the plan fixes the precision, whatever the machine: warn under the settings' own names, so that the
+    # trainer and the scorer, which would advise turning them off, stay silent
+    for setting, on in (("training.bf16", spec.bf16), ("evaluation.bf16", suite.config["evaluation"].get("bf16"))):
+        if on:
+            warn_if_bf16_is_slow(device, setting, advice=(
+                f"{suite_name}'s plan sets it for {name}, and a run in fp32 would be another run, so expect it to "
+                f"take many times as long here as on a CPU with AVX-512 BF16 or a GPU."))
     if spec.phase == "base":
         return _execute_base(suite, results_dir, data_dir, device)
     if spec.phase in ("taskfree", "addtask") and spec.method == REFERENCE:  # no training run of the usual kind

@@ -130,10 +130,10 @@ def evaluate(path: str | Path, tasks: list[str], *, task_id: int | str | None = 
     from lm_eval.tasks import TaskManager
 
     model = MooreLM(path, task_id=task_id, batch_size=batch_size, device=device)
-    manager = None
-    if include_path:  # indexing the harness's own ~15k task files takes half a minute: skip it when not needed
-        manager = TaskManager(include_path=str(include_path), include_defaults=False)
-        manager = manager if all(t in manager.all_tasks for t in tasks) else None
-    manager = manager or TaskManager(include_path=str(include_path) if include_path else None)
+    include = str(include_path) if include_path else None
+    # indexing the harness's own ~15k task files takes half a minute: only when the include path lacks a task
+    manager = TaskManager(include_path=include, include_defaults=False) if include else None
+    if manager is None or not all(t in manager.all_tasks for t in tasks):
+        manager = TaskManager(include_path=include)
     return lm_eval.simple_evaluate(model=model, tasks=tasks, task_manager=manager, limit=limit,
                                    num_fewshot=num_fewshot, log_samples=True, bootstrap_iters=0)
