@@ -518,3 +518,42 @@ def test_a_run_file_trained_otherwise_than_the_plan_is_stale_left_out_and_supers
     report = write_study_report("csr-mtl", tmp_path).read_text()  # the registered suite: its grids fit these runs too
     assert "**Left out: 1 stale run file.**" in report, report[:3000]
     assert f"| {grid_run} | steps {specs[grid_run].steps + 7} (plan: {specs[grid_run].steps}) |" in report
+
+
+def test_precision_gives_way_to_hardware_that_emulates_bf16_except_where_it_is_the_point(tmp_path, monkeypatch):
+    """On a CPU without bf16 in hardware a seed run the plan puts in bf16 trains and scores in fp32 (and
+    says so), is not stale for it, and is named in the report; the precision run keeps bf16; a run
+    already begun keeps the precision it began with, on any machine."""
+    import moore.bench.study as study
+    from moore.bench.study import RunSpec, current_runs, differences, run_precision
+    from moore.bench.study_report import _precision_fallbacks
+
+    suite = SUITES["csr-mtl"]  # trains grid and seeds in bf16, scores in bf16
+    seed = RunSpec("seed~lora~s1", "seed", "lora", 1e-3, seed=1, steps=500, bf16=True)
+    twin = RunSpec("precision~moore-L8~fp32", "precision", "moore-L8", 1e-4, steps=250, bf16=False)
+    monkeypatch.setattr(study, "bf16_is_native", lambda device=None: False)
+    emulated = run_precision(suite, seed, tmp_path, "cpu")
+    assert (emulated.bf16, emulated.evaluation_bf16) == (False, False)
+    assert study.run_config(suite, emulated, {"method": "lora"}, tmp_path)["evaluation"]["bf16"] is False
+    bf16_twin = replace(twin, name="precision~moore-L8~bf16", bf16=True)
+    assert run_precision(suite, bf16_twin, tmp_path, "cpu").bf16  # the precision run is about precision
+    monkeypatch.setattr(study, "bf16_is_native", lambda device=None: True)
+    native = run_precision(suite, seed, tmp_path, "cpu")
+    assert (native.bf16, native.evaluation_bf16) == (True, True)
+    # begun in fp32 on one machine, resumed on a bf16 machine: it stays fp32 (its checkpoints' config says so)
+    write_json(tmp_path / suite.name / seed.name / "run_config.json", study.run_config(suite, emulated, {}, tmp_path))
+    assert (run_precision(suite, seed, tmp_path, "cpu").bf16, run_precision(suite, seed, tmp_path, "cpu").evaluation_bf16
+            ) == (False, False)
+
+    record = {"phase": "seed", "method": "lora", "lr": 1e-3, "seed": 1, "steps": 500, "bf16": False,
+              "evaluation_bf16": False}
+    assert differences(seed, record) == {}  # precision is the hardware's choice outside the precision phase
+    assert differences(twin, {**record, "phase": "precision", "method": "moore-L8", "lr": 1e-4, "seed": 0,
+                              "steps": 250, "bf16": True}) == {"bf16": (True, False)}
+    runs = {"seed~lora~s1": {**_record("seed~lora~s1", "lora", 0.6), **record},
+            "seed~lora~s0": {**_record("seed~lora~s0", "lora", 0.6), "phase": "seed", "bf16": True,
+                             "evaluation_bf16": True}}
+    assert current_runs(SUITES["nlu-mtl"], runs)[1] == {}
+    note = " ".join(_precision_fallbacks(suite, runs))
+    assert "Trained in fp32: seed~lora~s1." in note and "Scored in fp32: seed~lora~s1." in note
+    assert _precision_fallbacks(suite, {"seed~lora~s0": runs["seed~lora~s0"]}) == []

@@ -40,7 +40,7 @@ import torch
 
 from ..errors import ConfigError
 from ..io import write_json
-from ..precision import warn_if_bf16_is_slow
+from ..precision import bf16_is_native, warn_if_bf16_is_slow
 from ..runconfig import TrainingSpec
 from ..training.checkpoints import read_log
 from ..training.mixing import mixing_probabilities
@@ -72,6 +72,7 @@ class RunSpec:
     bf16: bool = False  # bf16 autocast in training
     max_train: int | None = None  # train on this many examples of each task (None: the suite's)
     length_buckets: int = 1  # split each batch into this many by token length
+    evaluation_bf16: bool | None = None  # bf16 autocast in scoring (None: the suite's ``evaluation.bf16``)
 
 
 def load_runs(results_dir: Path) -> dict[str, dict]:
@@ -96,9 +97,10 @@ def _same(a: Any, b: Any) -> bool:
 def differences(spec: RunSpec, record: dict) -> dict[str, tuple[Any, Any]]:
     """Where a run file disagrees with the plan's spec of that run: field -> (recorded, planned). A file
     is held only to the fields it records: one written before a field existed ran at that field's
-    default, which is what a spec of its time would have said."""
-    out = {f: (record[f], getattr(spec, f)) for f in RECORDED_FIELDS
-           if f in record and not _same(record[f], getattr(spec, f))}
+    default, which is what a spec of its time would have said. Precision counts only in the precision
+    phase, whose point it is; elsewhere the plan's bf16 gives way to the hardware (``run_precision``)."""
+    fields = [f for f in RECORDED_FIELDS if f != "bf16" or spec.phase == "precision"]
+    out = {f: (record[f], getattr(spec, f)) for f in fields if f in record and not _same(record[f], getattr(spec, f))}
     if spec.tasks and record.get("tasks") is not None and sorted(record["tasks"]) != sorted(spec.tasks):
         out["tasks"] = (record["tasks"], list(spec.tasks))
     return out
@@ -267,6 +269,8 @@ def run_config(suite: Suite, spec: RunSpec, adapter: dict, runs_dir: Path) -> di
     data["adapter"] = adapter
     training = data["training"]
     training.update(lr=spec.lr, seed=spec.seed, steps=spec.steps, param_lrs=dict(spec.param_lrs), bf16=spec.bf16)
+    if spec.evaluation_bf16 is not None:
+        data["evaluation"]["bf16"] = spec.evaluation_bf16
     if spec.length_buckets > 1:  # written only where used: runs from before the option resume unchanged
         training.update(length_buckets=spec.length_buckets)
     every = suite.study.eval_every
@@ -277,6 +281,38 @@ def run_config(suite: Suite, spec: RunSpec, adapter: dict, runs_dir: Path) -> di
         training.update(schedule=spec.schedule, warmup_steps=0)
     data["output_dir"] = str(runs_dir / suite.name / spec.name)
     return data
+
+
+def run_precision(suite: Suite, spec: RunSpec, runs_dir: Path, device: str | None) -> RunSpec:
+    """The spec with the precisions this run trains and scores in. The plan asks for bf16 autocast where
+    it is fast; on a device that emulates it (an x86 CPU without AVX-512 BF16 or AMX: steps 15-18x
+    slower) the run goes in fp32 instead, except in the precision phase, which exists to compare the
+    two (its measured gap, a tenth of a point or two, is what lets seeds of either precision stand side
+    by side; the run file records which it was). A run already begun keeps the precision it began
+    with, so that it resumes on any machine."""
+    saved_path = Path(runs_dir) / suite.name / spec.name / "run_config.json"
+    saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
+    planned_evaluation = bool(suite.config["evaluation"].get("bf16"))
+    if saved is not None:
+        bf16 = bool(saved.get("training", {}).get("bf16", False))
+        evaluation_bf16 = bool(saved.get("evaluation", {}).get("bf16", False))
+    elif spec.phase == "precision" or bf16_is_native(device):
+        bf16, evaluation_bf16 = spec.bf16, planned_evaluation
+    else:
+        bf16, evaluation_bf16 = False, False
+    for setting, planned, used in (("training.bf16", spec.bf16, bf16),
+                                   ("evaluation.bf16", planned_evaluation, evaluation_bf16)):
+        if planned and not used:
+            logger.warning("%s: %s's plan sets %s, but %s; it runs in fp32 (its file records that)", spec.name,
+                           suite.name, setting, "the run began in fp32" if saved is not None else
+                           "this device emulates bf16 (no AVX-512 BF16 or AMX)")
+        elif used:  # bf16 kept (a precision run, a run begun in bf16): slow here, say so once
+            warn_if_bf16_is_slow(device, setting, advice=(
+                f"{spec.name} " + ("began in bf16 and keeps it, so that it resumes as it began"
+                                   if saved is not None and spec.phase != "precision"
+                                   else "is the precision run, which compares bf16 with fp32")
+                + "; expect it to take many times as long here as on a CPU with AVX-512 BF16 or a GPU."))
+    return replace(spec, bf16=bf16, evaluation_bf16=evaluation_bf16)
 
 
 def train_run(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | None, *, device: str | None = None,
@@ -311,19 +347,13 @@ def execute(suite_name: str, name: str, results_dir: Path, runs_dir: Path, data_
     spec = specs[name]
     if name in stale:  # the old file stays as evidence, out of the plan's way
         supersede(results_dir, name, stale[name])
-    # the plan fixes the precision, whatever the machine: warn under the settings' own names, so that the
-    # trainer and the scorer, which would advise turning them off, stay silent
-    for setting, on in (("training.bf16", spec.bf16), ("evaluation.bf16", suite.config["evaluation"].get("bf16"))):
-        if on:
-            warn_if_bf16_is_slow(device, setting, advice=(
-                f"{suite_name}'s plan sets it for {name}, and a run in fp32 would be another run, so expect it to "
-                f"take many times as long here as on a CPU with AVX-512 BF16 or a GPU."))
     if spec.phase == "base":
         return _execute_base(suite, results_dir, data_dir, device)
     if spec.phase in ("taskfree", "addtask") and spec.method == REFERENCE:  # no training run of the usual kind
         from .beyond import execute_beyond
 
         return execute_beyond(suite, spec, current, results_dir, runs_dir, data_dir, device=device)
+    spec = run_precision(suite, spec, runs_dir, device)
     trainer, adapter, results, seconds = train_run(suite, spec, runs_dir, data_dir, device=device, progress=progress)
     config, model = trainer.config, trainer.model
     predictions = dict(trainer.test_predictions)  # from the final test pass
@@ -345,7 +375,7 @@ def execute(suite_name: str, name: str, results_dir: Path, runs_dir: Path, data_
     record = {
         "suite": suite_name, "name": name, "phase": spec.phase, "method": spec.method, "lr": spec.lr,
         "param_lrs": spec.param_lrs, "seed": spec.seed, "steps": spec.steps, "bf16": spec.bf16,
-        "length_buckets": spec.length_buckets,
+        "evaluation_bf16": spec.evaluation_bf16, "length_buckets": spec.length_buckets,
         "tasks": [t.name for t in trainer.tasks],
         "adapter": adapter, "trainable_parameters": trainable, "share": trainable / model.adapted.num_base_parameters,
         "scores": results["after"], "average": results["average"]["after"], "zero_shot": results["zero_shot"],

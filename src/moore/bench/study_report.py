@@ -424,6 +424,7 @@ def write_study_report(suite_name: str, results_dir: Path) -> Path:
     lines += _convergence(suite, runs, results_dir)
     lines += _rates(suite, runs, todo)
     lines += _precision(suite, runs)
+    lines += _precision_fallbacks(suite, runs)
     chosen = chosen_runs(suite, runs)
     if chosen:
         lines += _scores(suite, chosen, tasks, zero_names, runs.get("base"))
@@ -575,6 +576,26 @@ def _precision(suite: Suite, runs: dict) -> list[str]:
         lines[-1] += (f" The two ran on different devices ({fp32['device']}, {bf16['device']}), so the difference "
                       "holds the device's numerics as well as the precision's.")
     return lines + [""]
+
+
+def _precision_fallbacks(suite: Suite, runs: dict) -> list[str]:
+    """The runs that trained or scored in fp32 where the plan asks for bf16 (a device that emulates bf16:
+    ``study.run_precision``), named, so that mixed-precision seeds are never hidden."""
+    phases, planned_evaluation = suite.study.bf16_phases, bool(suite.config["evaluation"].get("bf16"))
+    trained = sorted(n for n, r in runs.items() if r.get("phase") in phases and r["phase"] != "precision"
+                     and r.get("bf16") is False)
+    scored = sorted(n for n, r in runs.items() if planned_evaluation and r.get("evaluation_bf16") is False)
+    if not trained and not scored:
+        return []
+    text = ("Precision where the hardware had no bf16: the plan trains these phases in bf16 autocast, but a run on a "
+            "device that emulates bf16 (an x86 CPU without AVX-512 BF16 or AMX, where a step takes 15-18x as long) "
+            "goes in fp32, and keeps the precision it began with when it resumes elsewhere. The precision section "
+            "above measures what that changes.")
+    if trained:
+        text += f" Trained in fp32: {', '.join(trained)}."
+    if scored:
+        text += f" Scored in fp32: {', '.join(scored)}."
+    return [text, ""]
 
 
 def _majority_score(record: dict, task: str) -> float | None:
