@@ -540,8 +540,13 @@ def test_precision_gives_way_to_hardware_that_emulates_bf16_except_where_it_is_t
     monkeypatch.setattr(study, "bf16_is_native", lambda device=None: True)
     native = run_precision(suite, seed, tmp_path, "cpu")
     assert (native.bf16, native.evaluation_bf16) == (True, True)
-    # begun in fp32 on one machine, resumed on a bf16 machine: it stays fp32 (its checkpoints' config says so)
+    # a folder without a checkpoint holds nothing to resume: the hardware decides
     write_json(tmp_path / suite.name / seed.name / "run_config.json", study.run_config(suite, emulated, {}, tmp_path))
+    assert run_precision(suite, seed, tmp_path, "cpu").bf16
+    # begun in fp32 on one machine, resumed on a bf16 machine: it stays fp32 (its checkpoint's config says so)
+    write_json(tmp_path / suite.name / seed.name / "checkpoints" / "step-200" / "run_config.json",
+               study.run_config(suite, emulated, {}, tmp_path))
+    (tmp_path / suite.name / seed.name / "checkpoints" / "step-200" / "trainer_state.pt").touch()
     assert (run_precision(suite, seed, tmp_path, "cpu").bf16, run_precision(suite, seed, tmp_path, "cpu").evaluation_bf16
             ) == (False, False)
 

@@ -42,7 +42,7 @@ from ..errors import ConfigError
 from ..io import write_json
 from ..precision import bf16_is_native, warn_if_bf16_is_slow
 from ..runconfig import TrainingSpec
-from ..training.checkpoints import read_log
+from ..training.checkpoints import latest_checkpoint, read_log
 from ..training.mixing import mixing_probabilities
 from .provenance import provenance
 from .suites import ABLATION, OURS, PEER, REFERENCE, Study, Suite, get_suite, lr_text, next_rate, resolve_adapter
@@ -289,9 +289,9 @@ def run_precision(suite: Suite, spec: RunSpec, runs_dir: Path, device: str | Non
     slower) the run goes in fp32 instead, except in the precision phase, which exists to compare the
     two (its measured gap, a tenth of a point or two, is what lets seeds of either precision stand side
     by side; the run file records which it was). A run already begun keeps the precision it began
-    with, so that it resumes on any machine."""
-    saved_path = Path(runs_dir) / suite.name / spec.name / "run_config.json"
-    saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
+    with (its latest checkpoint's config says which), so that it resumes on any machine."""
+    checkpoint = latest_checkpoint(Path(runs_dir) / suite.name / spec.name / "checkpoints")
+    saved = json.loads((checkpoint / "run_config.json").read_text()) if checkpoint is not None else None
     planned_evaluation = bool(suite.config["evaluation"].get("bf16"))
     if saved is not None:
         bf16 = bool(saved.get("training", {}).get("bf16", False))
@@ -330,7 +330,8 @@ def train_run(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | None
     torch.manual_seed(spec.seed)
     trainer = Trainer(config, data_dir=data_dir, progress=progress, device=device)
     start = time.time()
-    results = trainer.run(resume=True)
+    # nothing to resume (a run stopped before its first checkpoint, perhaps under other settings): start afresh
+    results = trainer.run(resume=True) if trainer.latest_checkpoint() else trainer.run(overwrite=True)
     return trainer, adapter, results, time.time() - start
 
 
