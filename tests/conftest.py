@@ -9,6 +9,10 @@ import torch  # noqa: E402
 
 from helpers import MODEL_BUILDERS  # noqa: E402
 
+# under pytest-xdist (-n N) the workers share the cores: one worker's torch must not take them all
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 @pytest.fixture(autouse=True)
 def _seed():
