@@ -562,3 +562,24 @@ def test_precision_gives_way_to_hardware_that_emulates_bf16_except_where_it_is_t
     note = " ".join(_precision_fallbacks(suite, runs))
     assert "Trained in fp32: seed~lora~s1." in note and "Scored in fp32: seed~lora~s1." in note
     assert _precision_fallbacks(suite, {"seed~lora~s0": runs["seed~lora~s0"]}) == []
+
+
+def test_a_seed_run_trained_again_for_task_free_inference_keeps_its_recorded_precision(tmp_path, monkeypatch):
+    """Retraining a finished run on a new machine must repeat it: the precisions its file records, not
+    what this machine would choose for a new run."""
+    import moore.bench.beyond as beyond
+    from moore.bench.study import RunSpec
+
+    name = "seed~moore-L8~s1"
+    planned = RunSpec(name, "seed", "moore-L8", 1e-3, seed=1, steps=400, bf16=True)
+    record = {"bf16": False, "evaluation_bf16": None, "scores": {"cola": {"mcc": 0.5}}}
+    trained = []
+    monkeypatch.setattr(beyond, "plan", lambda suite, runs: [planned])
+    monkeypatch.setattr(beyond, "train_run", lambda suite, spec, *a, **k: trained.append(spec) or (
+        None, None, {"after": record["scores"]}, 1.0))
+    _, retrained = beyond._trained_folder(SUITE, name, {name: record}, tmp_path, None, "cpu")
+    assert retrained["retrained"] and retrained["scores_reproduced"]
+    assert trained[0].bf16 is False and trained[0].evaluation_bf16 is None
+    record.update(bf16=True, evaluation_bf16=False)
+    beyond._trained_folder(SUITE, name, {name: record}, tmp_path, None, "cpu")
+    assert trained[1].bf16 is True and trained[1].evaluation_bf16 is False

@@ -24,6 +24,7 @@ import torch
 from ..evaluation import evaluate_tasks
 from ..io import write_json
 from ..multitask import MultiTaskModel
+from ..precision import warn_if_bf16_is_slow
 from ..runconfig import TaskSpec
 from ..training.new_task import add_and_train_task, train_trainable
 from .provenance import provenance
@@ -96,6 +97,11 @@ def _trained_folder(suite: Suite, name: str, runs: dict, runs_dir: Path, data_di
         raise ValueError(f"{name} has not run yet; it comes before this run in the plan")
     logger.warning("%s: no trained model under %s (a new machine?); training it again from its seed", name, folder)
     spec = next(s for s in plan(suite, runs) if s.name == name)
+    # in the precisions it was recorded with (not this machine's choice), or it would be another run
+    spec = replace(spec, bf16=runs[name].get("bf16", spec.bf16), evaluation_bf16=runs[name].get("evaluation_bf16"))
+    for setting, on in (("training.bf16", spec.bf16), ("evaluation.bf16", spec.evaluation_bf16)):
+        if on:
+            warn_if_bf16_is_slow(device, setting, advice=f"{name} is trained again as it was recorded, in bf16.")
     _, _, results, seconds = train_run(suite, spec, runs_dir, data_dir, device=device)
     reproduced = results["after"] == runs[name]["scores"]
     if not reproduced:
