@@ -30,8 +30,10 @@ def git(*args: str, env: dict | None = None, input: bytes | None = None) -> str:
     return out.stdout.decode().strip()
 
 
-def folder_size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not SKIP & set(p.parts))
+def carried_files(folder: Path) -> list[Path]:
+    """What a parked run folder holds: everything but the lock, event files and a checkpoint being written."""
+    return [p for p in folder.rglob("*") if p.is_file() and not SKIP & set(p.parts)
+            and not any(part.endswith(".tmp") for part in p.parts)]
 
 
 def unfinished(runs_dir: Path, results: Path | None, max_bytes: int) -> list[Path]:
@@ -42,7 +44,7 @@ def unfinished(runs_dir: Path, results: Path | None, max_bytes: int) -> list[Pat
         suite, name = folder.parent.name, folder.name
         if results is not None and (results / suite / "runs" / f"{name}.json").is_file():
             continue
-        size = folder_size(folder)
+        size = sum(p.stat().st_size for p in carried_files(folder))
         if size > max_bytes:
             print(f"{suite}/{name}: {size / 2**20:.0f} MiB, over the limit; not parked")
             continue
@@ -58,9 +60,7 @@ def save(runs_dir: Path, results: Path | None, max_bytes: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
         for folder in folders:
-            files = [p for p in folder.rglob("*") if p.is_file() and not SKIP & set(p.parts)
-                     and not any(part.endswith(".tmp") for part in p.parts)]  # a checkpoint being written
-            for path in files:
+            for path in carried_files(folder):
                 blob = git("hash-object", "-w", str(path))
                 git("update-index", "--add", "--cacheinfo", f"100644,{blob},{path.relative_to(runs_dir)}", env=env)
         tree = git("write-tree", env=env)
