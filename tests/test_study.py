@@ -56,17 +56,19 @@ def test_the_plan_unfolds_phase_by_phase():
     assert chosen_steps(SUITE.study, runs) == 400  # both within 0.5 points of their best
     runs["base"] = {"name": "base"}  # the base model's scores: an evaluation, no training
     grid = _names(runs)
-    assert len(grid) == 12 and all(n.startswith("grid~") for n in grid)
+    assert len(grid) == 15 and all(n.startswith("grid~") for n in grid)
     assert {s.steps for s in plan(SUITE, runs) if s.phase == "grid"} == {200}  # selection runs: half the steps
-    for name in grid:  # lr 1e-3 wins for adapters, 5e-5 for full fine-tuning
+    hra = sorted(float(n.split("~lr")[1]) for n in grid if n.startswith("grid~hra~"))
+    assert hra == sorted(SUITE.study.method_grids["hra"]) != sorted(SUITE.study.grids["adapter"])  # a grid of its own
+    best = {"full": 5e-5, "hra": 1e-4}  # lr 1e-3 wins for the other adapters
+    for name in grid:
         method, lr = name.split("~")[1], float(name.split("~lr")[1])
-        runs[name] = _record(name, method, 0.7 - abs(np.log10(lr) - np.log10(5e-5 if method == "full" else 1e-3)),
-                             lr=lr)
-    peers = ["hra", "loramoe", "mixlora", "mosld", "hydralora", "mtl_lora", "omoe"]
+        runs[name] = _record(name, method, 0.7 - abs(np.log10(lr) - np.log10(best.get(method, 1e-3))), lr=lr)
+    peers = ["loramoe", "mixlora", "mosld", "hydralora", "mtl_lora", "omoe"]
     assert sorted(_names(runs)) == sorted(
         ["grid~moore-L8~lr1e-3~refl0.1", "grid~moore-L8~lr1e-3~refl0.3"]  # MoORE-L8 waits for its reflections' rate
         + [f"seed~{m}~s{s}" for m in ("full", "lora", "moore-L0") for s in (0, 1, 2)]
-        + [f"seed~{p}~s0" for p in peers]
+        + [f"seed~{p}~s0" for p in ["hra", *peers]]
         + [f"single~{m}~{t}" for m in ("full", "lora") for t in TASKS]  # single-task runs need only the rate
         + [f"taskcount~{m}~k3" for m in ("full", "lora")])
     for factor, validation in (("0.1", 0.75), ("0.3", 0.6)):  # the reflections at a tenth of the rate win
@@ -82,6 +84,7 @@ def test_the_plan_unfolds_phase_by_phase():
     assert specs_bf16_grid["grid~moore-L8~lr1e-3"].bf16 and "precision~moore-L8~bf16" not in specs_bf16_grid
     assert not specs_bf16_grid["precision~moore-L8~fp32"].bf16
     assert specs["seed~mixlora~s0"].lr == 1e-3  # an untuned peer takes LoRA's rate
+    assert specs["seed~hra~s0"].lr == 1e-4  # a tuned peer its own
     assert "seed~moore-L8~s2" in specs and "seed~mixlora~s1" not in specs
     for name, spec in specs.items():
         if spec.phase == "seed" and name not in runs:

@@ -6,8 +6,8 @@ study resumes at any point and runs in pieces, in parallel, across sessions:
 1. convergence: full fine-tuning and MoORE-L8 trained long at a constant rate, validation every
    ``eval_every`` steps; the suite's step count is where both validation averages come within
    ``plateau`` of their best.
-2. grid: each tuned method at each rate of its family's grid (seed 0, ``grid_fraction`` of the
-   steps); the rate with the best validation average wins. MoORE-L8 also tries its reflections at
+2. grid: each tuned method at each rate of its family's grid, or of its own (``method_grids``)
+   (seed 0, ``grid_fraction`` of the steps); the rate with the best validation average wins. MoORE-L8 also tries its reflections at
    a fraction of its rate (``param_lrs``), and keeps that if it wins. The other peers take the rate
    chosen for ``lr_donor`` (LoRA); the other variants of MoORE take MoORE-L8's (a variant is MoORE-L8
    with one change, and a LoRA rate can be ten times MoORE's, as on SmolLM2).
@@ -191,7 +191,7 @@ def plan(suite: Suite, runs: dict[str, dict]) -> list[RunSpec]:
     rates: dict[str, tuple[float, dict]] = {}  # method -> (lr, param_lrs) chosen on validation
     winners: dict[str, RunSpec] = {}
     for m in tuned:
-        rates_tried = list(study.grid(suite.family(m)))
+        rates_tried = list(study.grid(suite.family(m), m))
         grid = []
         for extension in range(study.grid_extensions + 1):
             grid += [RunSpec(f"grid~{m}~lr{lr_text(lr)}", "grid", m, lr, steps=grid_steps,

@@ -463,6 +463,7 @@ def _protocol(suite: Suite) -> str:
     study, training = suite.study, suite.config["training"]
     grids = "; ".join(f"{'full fine-tuning' if family != 'adapter' else 'adapters'} "
                       f"{{{', '.join(lr_text(lr) for lr in lrs)}}}" for family, lrs in study.grids.items())
+    grids += "".join(f"; {m} {{{', '.join(lr_text(lr) for lr in lrs)}}}" for m, lrs in study.method_grids.items())
     heads = f", task heads at {lr_text(training['head_lr'])}" if training.get("head_lr") else ""
     text = (f"**Protocol.** Batches of {training['batch_size']}, {training['schedule']} schedule{heads}. (1) Convergence: "
             + ", ".join(f"{m} at {lr_text(lr)}" for m, lr in study.convergence.items())
