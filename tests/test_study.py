@@ -160,12 +160,17 @@ def test_paired_bootstrap_finds_real_differences_and_not_noise():
 def test_the_report_is_rebuilt_from_run_files(tmp_path):
     runs = {"convergence~full": _record("c1", "full", 0.7), "convergence~moore-L8": _record("c2", "moore-L8", 0.6)}
     for m, lr in (("full", 5e-5), ("lora", 1e-3), ("moore-L8", 1e-3), ("moore-L0", 1e-3)):
-        runs[f"grid~{m}~lr{lr:.0e}".replace("e-0", "e-")] = _record("g", m, 0.6, lr=lr, steps=150)
+        for tried in SUITE.study.grid(SUITE.family(m), m):  # each grid in full: lr wins
+            name = f"grid~{m}~lr{tried:.0e}".replace("e-0", "e-")
+            runs[name] = _record(name, m, 0.6 if tried == lr else 0.5, lr=tried, steps=150)
         for seed in (0, 1, 2):
             runs[f"seed~{m}~s{seed}"] = _record(f"s{m}{seed}", m, 0.6, seed=seed, lr=lr,
                                                 correct=0.9 if m == "moore-L8" else 0.6)
         for t in TASKS:
             runs[f"single~{m}~{t}"] = _record(f"x{m}{t}", m, 0.6, tasks=[t], correct=0.7)
+    for factor in SUITE.study.reflection_factors:  # MoORE-L8's reflections at a fraction of its rate lose
+        name = f"grid~moore-L8~lr1e-3~refl{factor:g}"
+        runs[name] = _record(name, "moore-L8", 0.55, lr=1e-3, steps=150, param_lrs={"reflections": 1e-3 * factor})
     runs["precision~moore-L8~bf16"] = _record("p", "moore-L8", 0.6, lr=1e-3, steps=150, correct=0.75)
     for seed, jitter in enumerate((0.0, 0.01, -0.01)):  # MoORE-L8 forgets 10 points more than LoRA, seed after seed
         runs[f"seed~moore-L8~s{seed}"]["zero_shot"] = {"stsbenchmark": {"spearman": 0.70 + jitter}}
@@ -192,9 +197,12 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
     runs["addtask~moore-L8~n100"] = {**cost, **{v: {"scores": {"rte": {"accuracy": a}}, "old_tasks_bit_identical": True}
                                                 for v, a in (("row_and_head", 0.7), ("head_only", 0.6))}}
     runs["addtask~lora~n100"] = _record("al", "lora", 0.6, tasks=["rte"], correct=0.8)
+    runs["seed~hra~s0"] = _record("h", "hra", 0.5, seed=0, lr=1e-3, correct=0.55)  # HRA's own grid has not run
     for name, record in runs.items():
         write_json(tmp_path / "runs" / f"{name}.json", record)
     report = write_study_report("nlu-mtl", tmp_path).read_text()
+    # hra alone: its rate waits on its grid, while every other row's runs are the ones the plan names
+    assert "| hra | 1 |" in report and "Provisional: hra (seed~hra~s0). The plan does not name these runs" in report
     assert "## Precision: bf16 autocast against fp32" in report and "bf16 − fp32 on the test average: -5.00" in report
     assert "Chosen step count: **300**" in report
     assert "| moore-L8 | 3 | 1,000 (5.00%) |" in report and "± " in report

@@ -410,7 +410,8 @@ def write_study_report(suite_name: str, results_dir: Path) -> Path:
     runs, stale = current_runs(suite, loaded)  # a stale file is no evidence for the protocol
     tasks = [t["name"] for t in suite.config["tasks"]]
     zero_names = [z["name"] for z in suite.config["evaluation"].get("zero_shot", [])]
-    todo = [s.name for s in plan(suite, runs) if s.name not in runs]
+    planned = [s.name for s in plan(suite, runs)]
+    todo = [name for name in planned if name not in runs]
     lines = [f"# {suite.title}", "",
              f"Rebuilt from the run files in `runs/` by `moore bench {suite_name} --report`; each file holds one "
              f"run's scores, test predictions, validation curve, time, command, git commit and machine. Any row "
@@ -428,6 +429,7 @@ def write_study_report(suite_name: str, results_dir: Path) -> Path:
     chosen = chosen_runs(suite, runs)
     if chosen:
         lines += _scores(suite, chosen, tasks, zero_names, runs.get("base"))
+        lines += _provisional(chosen, [n for n in runs if n.startswith("seed~") and n not in planned])
         lines += _significance(chosen, tasks)
         lines += _against_base(chosen, runs.get("base"), tasks)
         lines += _conflict(suite, runs, chosen, tasks, results_dir)
@@ -642,6 +644,19 @@ def _scores(suite: Suite, chosen: dict, tasks: list[str], zero_names: list[str],
         lines.append(f"| {m} | {len(rs)} | {rs[0]['trainable_parameters']:,d} ({100 * rs[0]['share']:.2f}%) | "
                      + " | ".join(cells) + f" | {_mean_std([r['average'] for r in rs])} | " + " | ".join(zero) + " |")
     return lines + [""]
+
+
+def _provisional(chosen: dict, unplanned: list[str]) -> list[str]:
+    """Rows resting on seed runs that the plan does not name now (``unplanned``): what they depend on (a
+    method's rate, the strongest peer) is still being chosen, so they may yet prove stale."""
+    waiting = {m: [n for n in unplanned if n.startswith(f"seed~{m}~s")] for m in chosen}
+    waiting = {m: names for m, names in waiting.items() if names}
+    if not waiting:
+        return []
+    rows = "; ".join(f"{m} ({', '.join(names)})" for m, names in waiting.items())
+    return [f"Provisional: {rows}. The plan does "
+            "not name these runs now: what they depend on (a learning rate, the strongest peer) is still being chosen, "
+            "with runs pending. Once it is, a run trained otherwise is left out as stale and trained again.", ""]
 
 
 def _significance(chosen: dict, tasks: list[str]) -> list[str]:
