@@ -293,6 +293,24 @@ def test_a_perplexity_probe_prints_as_it_is_and_the_report_shows_the_base_model_
 REAL_DATA = Path(os.environ.get("MOORE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
+def test_a_study_run_is_its_own_command_with_its_output_in_its_log(tmp_path):
+    """The study forks each run from a server that imported torch and transformers once: the run is
+    still the CLI command, its output lands in its log and its exit status comes back."""
+    from moore.bench.study import _run_command, _run_context
+
+    context = _run_context()
+    runs = {"ok": ["bench", "--help"], "bad": ["bench", "no-such-suite", "--run", "x"]}
+    processes = {name: context.Process(target=_run_command, args=(argv, str(tmp_path / f"{name}.log")))
+                 for name, argv in runs.items()}
+    for process in processes.values():
+        process.start()
+    for process in processes.values():
+        process.join(300)
+    assert processes["ok"].exitcode == 0 and "--run" in (tmp_path / "ok.log").read_text()
+    assert processes["bad"].exitcode == 2
+    assert "no-such-suite" in (tmp_path / "bad.log").read_text().strip().splitlines()[-1]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (REAL_DATA / "glue" / "SST-2").is_dir(), reason=f"no real GLUE data at {REAL_DATA}")
 def test_the_quick_study_runs_end_to_end(tmp_path):

@@ -114,11 +114,52 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _cli_in_child(argv: list[str], env: dict, out: str, err: str) -> None:
+    """`moore ARGV` in a process forked from the warm server: env, cwd and streams as a fresh one's."""
+    import torch
+
+    os.environ.update(env)
+    torch.set_num_threads(int(env["OMP_NUM_THREADS"]))  # OpenMP read the variable when torch loaded
+    os.chdir(REPO)
+    for fd, path in ((1, out), (2, err)):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(target, fd)
+        os.close(target)
+    from moore.cli import app
+
+    app(argv, prog_name="moore")
+
+
+def _forked_cli(argv: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess:
+    """The study's way of starting a command (moore.bench.study): a new process forked from a server
+    that imported torch and transformers once, so that each call saves their import (seconds)."""
+    import tempfile
+
+    from moore.bench.study import _run_context
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+        process = _run_context().Process(target=_cli_in_child, args=(argv, env, out, err))
+        process.start()
+        process.join(timeout)
+        if process.exitcode is None:
+            process.kill()
+            process.join()
+            raise subprocess.TimeoutExpired(["moore", *argv], timeout)
+        stdout, stderr = (Path(p).read_text(errors="replace") for p in (out, err))
+    return subprocess.CompletedProcess(["moore", *argv], process.exitcode, stdout, stderr)
+
+
 def moore_cli(*args: str, env: dict | None = None, check: bool = True, launcher: list[str] | None = None,
               timeout: int = 600) -> subprocess.CompletedProcess:
+    """`moore ARGS` in a new process: forked from a warm server (MOORE_TEST_FRESH_PROCESSES=1: a fresh
+    interpreter, `python -m moore.cli`), or under ``launcher`` (torchrun, a script that kills it)."""
     command = (launcher or [sys.executable, "-m", "moore.cli"]) + [str(a) for a in args]
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "MOORE_SVD_CACHE": "off", "OMP_NUM_THREADS": "1", **(env or {})}
-    result = subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO)
+    if launcher is None and os.environ.get("MOORE_TEST_FRESH_PROCESSES") != "1":
+        result = _forked_cli([str(a) for a in args], full_env, timeout)
+    else:
+        result = subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
                              f"{result.stderr[:4000]}\n...\n{result.stderr[-3000:]}")

@@ -29,7 +29,9 @@ import copy
 import json
 import logging
 import math
-import subprocess
+import multiprocessing
+import multiprocessing.connection
+import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -45,7 +47,18 @@ from ..runconfig import TrainingSpec
 from ..training.checkpoints import latest_checkpoint, read_log
 from ..training.mixing import mixing_probabilities
 from .provenance import provenance
-from .suites import ABLATION, OURS, PEER, REFERENCE, Study, Suite, get_suite, lr_text, next_rate, resolve_adapter
+from .suites import (
+    ABLATION,
+    OURS,
+    PEER,
+    REFERENCE,
+    Study,
+    Suite,
+    get_suite,
+    lr_text,
+    next_rate,
+    resolve_adapter,
+)
 
 
 def beyond_specs(*args) -> list:
@@ -515,17 +528,18 @@ def run_study(suite_name: str, results_dir: Path, runs_dir: Path, data_dir: Path
     passed (runs under way then are finished; none is started)."""
     suite = get_suite(suite_name)
     start = time.time()
-    running: dict[str, subprocess.Popen] = {}
+    context = _run_context()
+    running: dict[str, multiprocessing.process.BaseProcess] = {}
     failed: set[str] = set()
     warned: set[str] = set()
     while True:
         for name, proc in list(running.items()):
-            if proc.poll() is not None:
+            if proc.exitcode is not None:
                 del running[name]
-                if proc.returncode != 0:
+                if proc.exitcode != 0:
                     failed.add(name)
-                    logger.error("%s failed (exit %d); see %s", name, proc.returncode, _log_path(results_dir, name))
-                print(f"[{time.time() - start:7.0f}s] {name}: {'done' if proc.returncode == 0 else 'FAILED'}",
+                    logger.error("%s failed (exit %d); see %s", name, proc.exitcode, _log_path(results_dir, name))
+                print(f"[{time.time() - start:7.0f}s] {name}: {'done' if proc.exitcode == 0 else 'FAILED'}",
                       flush=True)
         runs, stale = current_runs(suite, load_runs(results_dir))  # a stale file's run is trained again
         for name in stale.keys() - warned:
@@ -540,19 +554,45 @@ def run_study(suite_name: str, results_dir: Path, runs_dir: Path, data_dir: Path
             break
         while todo and len(running) < workers and not out_of_time:
             name = todo.pop(0)
-            command = [sys.executable, "-m", "moore.cli", "bench", suite_name, "--run", name, "--no-progress",
-                       "--results-dir", str(results_dir), "--runs-dir", str(runs_dir)]
-            command += ["--data-dir", str(data_dir)] if data_dir else []
-            command += ["--device", device] if device else []
+            # the run's own command, as `moore bench SUITE --run NAME` would run it by hand
+            argv = ["bench", suite_name, "--run", name, "--no-progress",
+                    "--results-dir", str(results_dir), "--runs-dir", str(runs_dir)]
+            argv += ["--data-dir", str(data_dir)] if data_dir else []
+            argv += ["--device", device] if device else []
             log = _log_path(results_dir, name)
             log.parent.mkdir(parents=True, exist_ok=True)
-            running[name] = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+            running[name] = context.Process(target=_run_command, args=(argv, str(log)), name=name)
+            running[name].start()
             print(f"[{time.time() - start:7.0f}s] {name}: started", flush=True)
-        time.sleep(2)
+        multiprocessing.connection.wait([p.sentinel for p in running.values()], timeout=2)
     runs, _ = current_runs(suite, load_runs(results_dir))
     left = [s.name for s in plan(suite, runs) if s.name not in runs]
     print(f"study {suite_name}: {len(runs)} runs done, {len(left)} left"
           + (f", failed: {sorted(failed)}" if failed else ""))
+
+
+def _run_context() -> multiprocessing.context.BaseContext:
+    """Where the study's runs start: each in a process of its own (a run's memory and threads end
+    with it), forked from a server that imported torch and transformers once (``_preload``), where the
+    platform has one; elsewhere spawned, as a fresh interpreter."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["moore.bench._preload"])
+    return context
+
+
+def _run_command(argv: list[str], log: str) -> None:
+    """One study run, in its own process: the CLI command, with its output in the run's log."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    from ..cli import app
+
+    app(argv, prog_name="moore")  # exits with the command's status (SystemExit), as `moore` would
 
 
 def _log_path(results_dir: Path, name: str) -> Path:
