@@ -118,16 +118,12 @@ def _cli_in_child(argv: list[str], env: dict, out: str, err: str) -> None:
     """`moore ARGV` in a process forked from the warm server: env, cwd and streams as a fresh one's."""
     import torch
 
+    from moore.bench.study import _run_command
+
     os.environ.update(env)
     torch.set_num_threads(int(env["OMP_NUM_THREADS"]))  # OpenMP read the variable when torch loaded
     os.chdir(REPO)
-    for fd, path in ((1, out), (2, err)):
-        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(target, fd)
-        os.close(target)
-    from moore.cli import app
-
-    app(argv, prog_name="moore")
+    _run_command(argv, out, err)
 
 
 def _forked_cli(argv: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess:

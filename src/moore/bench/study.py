@@ -47,18 +47,7 @@ from ..runconfig import TrainingSpec
 from ..training.checkpoints import latest_checkpoint, read_log
 from ..training.mixing import mixing_probabilities
 from .provenance import provenance
-from .suites import (
-    ABLATION,
-    OURS,
-    PEER,
-    REFERENCE,
-    Study,
-    Suite,
-    get_suite,
-    lr_text,
-    next_rate,
-    resolve_adapter,
-)
+from .suites import ABLATION, OURS, PEER, REFERENCE, Study, Suite, get_suite, lr_text, next_rate, resolve_adapter
 
 
 def beyond_specs(*args) -> list:
@@ -582,14 +571,18 @@ def _run_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def _run_command(argv: list[str], log: str) -> None:
-    """One study run, in its own process: the CLI command, with its output in the run's log."""
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+def _run_command(argv: list[str], log: str, error_log: str | None = None) -> None:
+    """A `moore` command in a process of its own (a study run): its output in ``log``, its errors
+    there too or in ``error_log``."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    out = os.open(log, flags, 0o644)
+    err = os.open(error_log, flags, 0o644) if error_log else out
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    for fd in {out, err}:
+        os.close(fd)
     from ..cli import app
 
     app(argv, prog_name="moore")  # exits with the command's status (SystemExit), as `moore` would

@@ -241,21 +241,21 @@ def _nlu_mtl(quick: bool) -> Suite:
                   task_subsets=(("cola", "sst2", "rte"),), task_free=True, added_task="rte",
                   added_sizes=(100, 1000))
     evaluation = {"batch_size": 128, "split": "test", "zero_shot": [{"name": "stsbenchmark"}], "track_zero_shot": True}
-    if quick:  # sized so that the smoke test's 21 runs take minutes: most of a run is its evaluations
-        tasks = [{**t, "max_train": 48, "max_eval": 8} for t in tasks[:3]]
+    if quick:
+        tasks = [{**t, "max_train": 48, "max_eval": 16} for t in tasks[:3]]
         methods = {m: methods[m] for m in ("full", "lora", REFERENCE)}
         study = replace(study, grids={FULL: (5e-5,), "adapter": (1e-3,)}, main_methods=(REFERENCE,),
                         single_methods=(REFERENCE,), seeds=(0, 1), convergence_steps=4, eval_every=2,
                         reflection_factors=(0.1,), tuned_methods=(REFERENCE, "lora"), task_subsets=(("cola", "sst2"),),
                         added_task="mrpc", added_sizes=(20,), added_steps=3,
                         bf16_phases=_quick_bf16_phases(study.bf16_phases))
-        evaluation["zero_shot"] = [{"name": "stsbenchmark", "max_eval": 8}]
-        tasks = [{**t, "max_validation": 8} for t in tasks]
+        evaluation["zero_shot"] = [{"name": "stsbenchmark", "max_eval": 16}]
+        tasks = [{**t, "max_validation": 16} for t in tasks]
     return Suite(
         name="nlu-mtl-quick" if quick else "nlu-mtl",
         title="NLU-MTL: all-MiniLM-L6-v2 on five GLUE tasks at once, at convergence"
               + (" (quick smoke test)" if quick else ""),
-        config={"model": {"name_or_path": "minilm", "max_length": 64 if quick else 128}, "tasks": tasks,
+        config={"model": {"name_or_path": "minilm", "max_length": 128}, "tasks": tasks,
                 "training": {"batch_size": 8 if quick else 32, "weight_decay": 0.01, "schedule": "wsd",
                              "warmup_steps": 0.06, "decay_steps": 0.2, "mixing": "temperature", "temperature": 2.0,
                              "log_every": 50, "head_lr": 3e-3, "keep_checkpoints": 1},
