@@ -612,3 +612,53 @@ def test_a_seed_run_trained_again_for_task_free_inference_keeps_its_recorded_pre
     record.update(bf16=True, evaluation_bf16=False)
     beyond._trained_folder(SUITE, name, {name: record}, tmp_path, None, "cpu")
     assert trained[1].bf16 is True and trained[1].evaluation_bf16 is False
+
+
+def test_the_plan_lists_what_is_left_in_the_order_a_study_starts_it(tmp_path, monkeypatch):
+    """`moore bench SUITE --plan`: the runs the plan names and the results lack, shortest first, each with
+    the precision it would train in and the checkpoint it would resume from; stale files; runs nothing."""
+    import moore.bench.study as study
+
+    monkeypatch.setattr(study, "bf16_is_native", lambda device: False)  # a CPU that emulates bf16
+    runs = {"base": {"name": "base"}, "convergence~full": _record("c1", "full", 0.7, curve_peak=300),
+            "convergence~moore-L8": _record("c2", "moore-L8", 0.6, curve_peak=400)}
+    for spec in plan(SUITE, runs):
+        if spec.phase == "grid":
+            runs[spec.name] = _record(spec.name, spec.method, 0.7 - abs(np.log10(spec.lr) + 3), lr=spec.lr,
+                                      param_lrs=spec.param_lrs)
+    for spec in plan(SUITE, runs):
+        if spec.phase == "grid" and spec.name not in runs:  # MoORE-L8's reflections
+            runs[spec.name] = _record(spec.name, spec.method, 0.5, lr=spec.lr, param_lrs=spec.param_lrs)
+    specs = {s.name: s for s in plan(SUITE, runs)}
+    runs["seed~moore-L8~s1"] = _record("s", "moore-L8", 0.6, lr=specs["seed~moore-L8~s1"].lr, seed=1, steps=400)
+    runs["seed~moore-L8~s1"]["bf16"] = True
+    chosen = specs["seed~full~s0"].lr
+    runs["seed~full~s0"] = _record("f", "full", 0.6, lr=10 * chosen, seed=0, steps=400)  # trained at another rate
+    results = tmp_path / "results"
+    for name, record in runs.items():
+        write_json(results / "runs" / f"{name}.json", record)
+    checkpoint = tmp_path / "runs" / SUITE.name / "seed~lora~s0" / "checkpoints" / "step-0000200"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.pt").write_bytes(b"")
+    write_json(checkpoint / "run_config.json", {"training": {"bf16": True}, "evaluation": {}})  # begun in bf16
+
+    text = study.describe_plan(SUITE.name, results, tmp_path / "runs", "cpu")
+    current, _ = study.current_runs(SUITE, study.load_runs(results))
+    todo = study.pending(SUITE, current)
+    assert [s.steps for s in todo] == sorted(s.steps for s in todo) and "seed~full~s0" in {s.name for s in todo}
+    listed = [line.split()[0] for line in text.splitlines() if line.startswith("  ")]
+    assert listed == [s.name for s in todo]
+    lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ")}
+    assert lines["seed~lora~s0"].endswith(f"bf16; resumes from step 200 ({checkpoint.parents[1]})")  # as it began
+    assert lines["seed~moore-L8~s0"].endswith("400 steps, fp32; starts afresh")  # the plan's bf16, emulated here
+    assert "seed~moore-L8~s1's model is not under" in lines["taskfree~moore-L8~s1"]
+    assert lines["taskfree~moore-L8~s1"].endswith("trains it again first, as recorded (400 steps, bf16)")
+    assert f"stale, trained again when the study reaches it: seed~full~s0 (lr {10 * chosen!r}, plan {chosen!r})" in text
+    assert text.startswith(f"nlu-mtl: {len(current)} runs done; {len(todo)} named by the plan and not yet run")
+    assert sorted(p.name for p in (results / "runs").iterdir()) == sorted(f"{n}.json" for n in runs)  # nothing moved
+
+    shown = moore_cli("bench", "nlu-mtl", "--plan", "--results-dir", results, "--runs-dir", tmp_path / "runs",
+                      "--device", "cpu")
+    assert shown.stdout.strip() == text
+    mini = moore_cli("bench", "nlu-mtl-mini", "--plan", check=False)
+    assert mini.returncode == 2 and "--plan: nlu-mtl-mini is not a study" in mini.stderr

@@ -148,6 +148,9 @@ def bench(
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda (default: the GPU if any)")] = None,
     time_budget: Annotated[Optional[float], typer.Option(help="a study: start no run after this many seconds")] = None,
     progress: Annotated[bool, typer.Option(help="tqdm progress bars")] = True,
+    show_plan: Annotated[bool, typer.Option("--plan", help="a study: list the runs its plan names and its results "
+                                            "lack (in the order a study starts them, with the checkpoint each would "
+                                            "resume from) and any stale files; runs nothing")] = False,
     add_zero_shot_predictions: Annotated[bool, typer.Option(
         "--add-zero-shot-predictions", help="a study: score the zero-shot probes again from the saved models of "
         "run files written before runs kept their zero-shot predictions, and add them (then rebuild the report); "
@@ -156,7 +159,7 @@ def bench(
     """Run every method of a suite on the same data and budget (a study suite: its whole protocol), then
     write the report."""
     from .bench import get_suite, run_suite, write_report
-    from .bench.study import execute, run_study
+    from .bench.study import describe_plan, execute, run_study
     from .bench.study_report import write_study_report
     from .data.tasks import default_data_dir
 
@@ -169,7 +172,13 @@ def bench(
     data_dir = data_dir or default_data_dir()
     _setup_logging(False)
     with _user_errors():
+        if show_plan and chosen.study is None:
+            raise ConfigError(f"--plan: {suite} is not a study (it runs every method once: "
+                              f"{', '.join(chosen.methods)})")
         if chosen.study is not None:
+            if show_plan:
+                typer.echo(describe_plan(suite, results_dir, runs_dir, device))
+                return
             if add_zero_shot_predictions:  # with --run: that run's file only
                 from .bench.study import add_zero_shot_predictions as add
 

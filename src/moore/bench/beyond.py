@@ -58,16 +58,26 @@ def beyond_specs(suite: Suite, runs: dict, main: dict[str, RunSpec], per_task: d
     return specs
 
 
+def source_run(suite: Suite, spec: RunSpec) -> str:
+    """The run whose trained model a task-free or add-a-task run of the reference starts from."""
+    if spec.phase == "taskfree":
+        return f"seed~{REFERENCE}~s{spec.seed}"
+    return f"heldout~{REFERENCE}~{suite.study.added_task}"
+
+
+def trained_folder(suite: Suite, name: str, runs_dir: Path) -> Path:
+    """Where run ``name`` leaves its trained model."""
+    return Path(runs_dir) / suite.name / name / "final"
+
+
 def execute_beyond(suite: Suite, spec: RunSpec, runs: dict, results_dir: Path, runs_dir: Path,
                    data_dir: Path | None, device: str | None = None) -> dict:
     start = time.time()
+    source = source_run(suite, spec)
+    folder, retrained = _trained_folder(suite, source, runs, runs_dir, data_dir, device)
     if spec.phase == "taskfree":
-        source = f"seed~{REFERENCE}~s{spec.seed}"
-        folder, retrained = _trained_folder(suite, source, runs, runs_dir, data_dir, device)
         record = _task_free(suite, spec, folder, data_dir, device)
     else:
-        source = f"heldout~{REFERENCE}~{suite.study.added_task}"
-        folder, retrained = _trained_folder(suite, source, runs, runs_dir, data_dir, device)
         record = _added_task(suite, spec, folder, data_dir, device)
     record["source_run"] = {"name": source, **retrained}
     record.update({"suite": suite.name, "name": spec.name, "phase": spec.phase, "method": spec.method,
@@ -90,7 +100,7 @@ def _trained_folder(suite: Suite, name: str, runs: dict, runs_dir: Path, data_di
     Runs folders do not travel (checkpoints are not results): on a new machine the run is trained
     again from its seed, and the record says whether its test scores came out as recorded (the same
     code and thread count give the same run; another BLAS or thread count may differ in the last bits)."""
-    folder = Path(runs_dir) / suite.name / name / "final"
+    folder = trained_folder(suite, name, runs_dir)
     if (folder / "adapter_config.json").is_file():
         return folder, {"retrained": False}
     if name not in runs:

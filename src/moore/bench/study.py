@@ -292,16 +292,8 @@ def run_precision(suite: Suite, spec: RunSpec, runs_dir: Path, device: str | Non
     two (its measured gap, a tenth of a point or two, is what lets seeds of either precision stand side
     by side; the run file records which it was). A run already begun keeps the precision it began
     with (its latest checkpoint's config says which), so that it resumes on any machine."""
-    checkpoint = latest_checkpoint(Path(runs_dir) / suite.name / spec.name / "checkpoints")
-    saved = json.loads((checkpoint / "run_config.json").read_text()) if checkpoint is not None else None
+    bf16, evaluation_bf16, saved = _precision(suite, spec, runs_dir, device)
     planned_evaluation = bool(suite.config["evaluation"].get("bf16"))
-    if saved is not None:
-        bf16 = bool(saved.get("training", {}).get("bf16", False))
-        evaluation_bf16 = bool(saved.get("evaluation", {}).get("bf16", False))
-    elif spec.phase == "precision" or bf16_is_native(device):
-        bf16, evaluation_bf16 = spec.bf16, planned_evaluation
-    else:
-        bf16, evaluation_bf16 = False, False
     for setting, planned, used in (("training.bf16", spec.bf16, bf16),
                                    ("evaluation.bf16", planned_evaluation, evaluation_bf16)):
         if planned and not used:
@@ -315,6 +307,67 @@ def run_precision(suite: Suite, spec: RunSpec, runs_dir: Path, device: str | Non
                                    else "is the precision run, which compares bf16 with fp32")
                 + "; expect it to take many times as long here as on a CPU with AVX-512 BF16 or a GPU."))
     return replace(spec, bf16=bf16, evaluation_bf16=evaluation_bf16)
+
+
+def _precision(suite: Suite, spec: RunSpec, runs_dir: Path, device: str | None) -> tuple[bool, bool, dict | None]:
+    """``run_precision``'s choice, said nowhere: (bf16 in training, bf16 in scoring, the config of the
+    checkpoint the run would resume from, or None)."""
+    checkpoint = latest_checkpoint(Path(runs_dir) / suite.name / spec.name / "checkpoints")
+    saved = json.loads((checkpoint / "run_config.json").read_text()) if checkpoint is not None else None
+    if saved is not None:
+        return (bool(saved.get("training", {}).get("bf16", False)),
+                bool(saved.get("evaluation", {}).get("bf16", False)), saved)
+    if spec.phase == "precision" or bf16_is_native(device):
+        return spec.bf16, bool(suite.config["evaluation"].get("bf16")), None
+    return False, False, None
+
+
+def pending(suite: Suite, runs: dict[str, dict]) -> list[RunSpec]:
+    """The runs the plan names and ``runs`` (current files) lack, in the order a study starts them:
+    shortest first, so that more results land sooner and a run cut short costs least."""
+    return [s for s in sorted(plan(suite, runs), key=lambda s: s.steps) if s.name not in runs]
+
+
+def describe_plan(suite_name: str, results_dir: Path, runs_dir: Path, device: str | None = None) -> str:
+    """What is left of a study, for a person deciding what to run where: each run its plan names and
+    its results lack, in the order a study starts them, with its settings, the precision it would
+    train in on ``device`` and the checkpoint it would resume from; then the stale files."""
+    from .beyond import source_run, trained_folder
+
+    suite = get_suite(suite_name)
+    runs, stale = current_runs(suite, load_runs(results_dir))
+    todo = pending(suite, runs)
+    lines = [f"{suite_name}: {len(runs)} runs done; {len(todo)} named by the plan and not yet run"
+             + (", in the order a study starts them:" if todo else ".")]
+    width = max((len(s.name) for s in todo), default=0)
+    for spec in todo:
+        settings = f"{spec.phase}, {spec.method}, lr {lr_text(spec.lr)}, seed {spec.seed}"
+        if spec.phase in ("taskfree", "addtask") and spec.method == REFERENCE:  # no training run of the usual kind
+            source = source_run(suite, spec)
+            folder = trained_folder(suite, source, runs_dir)
+            if (folder / "adapter_config.json").is_file():
+                where = f"starts from {source}'s model ({folder})"
+            else:  # what execute_beyond will do: train the source again, in the precision it was recorded in
+                recorded = runs.get(source, {})
+                where = (f"{source}'s model is not under {runs_dir}: trains it again first, as recorded ("
+                         f"{recorded.get('steps', '?')} steps, {'bf16' if recorded.get('bf16') else 'fp32'})")
+            lines.append(f"  {spec.name:<{width}}  {settings}; {where}")
+            continue
+        bf16, _, _ = _precision(suite, spec, runs_dir, device)
+        folder = Path(runs_dir) / suite.name / spec.name
+        checkpoint = latest_checkpoint(folder / "checkpoints")
+        where = f"resumes from step {_checkpoint_step(checkpoint)} ({folder})" if checkpoint else "starts afresh"
+        steps = f"{spec.steps} steps" if spec.steps else "no training"
+        lines.append(f"  {spec.name:<{width}}  {settings}, {steps}, {'bf16' if bf16 else 'fp32'}; {where}")
+    for name, diff in sorted(stale.items()):
+        lines.append(f"stale, trained again when the study reaches it: {name} ("
+                     + ", ".join(f"{f} {r!r}, plan {p!r}" for f, (r, p) in diff.items()) + ")")
+    lines.append(f"Later phases are planned as these land. One of them by hand: moore bench {suite_name} --run NAME")
+    return "\n".join(lines)
+
+
+def _checkpoint_step(checkpoint: Path) -> int:
+    return int(checkpoint.name.removeprefix("step-"))
 
 
 def train_run(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | None, *, device: str | None = None,
@@ -535,9 +588,7 @@ def run_study(suite_name: str, results_dir: Path, runs_dir: Path, data_dir: Path
             warned.add(name)
             print(f"[{time.time() - start:7.0f}s] {name}: its file is stale (" + ", ".join(
                 f"{f} {r!r}, plan {p!r}" for f, (r, p) in stale[name].items()) + "); it runs again", flush=True)
-        # shortest first: more results land sooner, and a run cut short costs least
-        todo = [s.name for s in sorted(plan(suite, runs), key=lambda s: s.steps)
-                if s.name not in runs and s.name not in running and s.name not in failed]
+        todo = [s.name for s in pending(suite, runs) if s.name not in running and s.name not in failed]
         out_of_time = time_budget is not None and time.time() - start > time_budget
         if (not todo or out_of_time) and not running:
             break
@@ -555,7 +606,7 @@ def run_study(suite_name: str, results_dir: Path, runs_dir: Path, data_dir: Path
             print(f"[{time.time() - start:7.0f}s] {name}: started", flush=True)
         multiprocessing.connection.wait([p.sentinel for p in running.values()], timeout=2)
     runs, _ = current_runs(suite, load_runs(results_dir))
-    left = [s.name for s in plan(suite, runs) if s.name not in runs]
+    left = pending(suite, runs)
     print(f"study {suite_name}: {len(runs)} runs done, {len(left)} left"
           + (f", failed: {sorted(failed)}" if failed else ""))
 
