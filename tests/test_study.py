@@ -656,9 +656,13 @@ def test_the_plan_lists_what_is_left_in_the_order_a_study_starts_it(tmp_path, mo
     assert f"stale, trained again when the study reaches it: seed~full~s0 (lr {10 * chosen!r}, plan {chosen!r})" in text
     assert text.startswith(f"nlu-mtl: {len(current)} runs done; {len(todo)} named by the plan and not yet run")
     assert sorted(p.name for p in (results / "runs").iterdir()) == sorted(f"{n}.json" for n in runs)  # nothing moved
+    assert "The study is complete" not in text
+    monkeypatch.setattr(study, "pending", lambda suite, runs: [])
+    assert "The study is complete" in study.describe_plan(SUITE.name, results, tmp_path / "runs", "cpu")
+    monkeypatch.undo()  # the command runs on this machine's own precision
 
     shown = moore_cli("bench", "nlu-mtl", "--plan", "--results-dir", results, "--runs-dir", tmp_path / "runs",
                       "--device", "cpu")
-    assert shown.stdout.strip() == text
+    assert shown.stdout.strip() == study.describe_plan(SUITE.name, results, tmp_path / "runs", "cpu")
     mini = moore_cli("bench", "nlu-mtl-mini", "--plan", check=False)
     assert mini.returncode == 2 and "--plan: nlu-mtl-mini is not a study" in mini.stderr

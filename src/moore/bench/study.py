@@ -342,6 +342,9 @@ def describe_plan(suite_name: str, results_dir: Path, runs_dir: Path, device: st
     width = max((len(s.name) for s in todo), default=0)
     for spec in todo:
         settings = f"{spec.phase}, {spec.method}, lr {lr_text(spec.lr)}, seed {spec.seed}"
+        if spec.phase == "base":
+            lines.append(f"  {spec.name:<{width}}  the base model scored on every split and probe, no training")
+            continue
         if spec.phase in ("taskfree", "addtask") and spec.method == REFERENCE:  # no training run of the usual kind
             source = source_run(suite, spec)
             folder = trained_folder(suite, source, runs_dir)
@@ -362,7 +365,10 @@ def describe_plan(suite_name: str, results_dir: Path, runs_dir: Path, device: st
     for name, diff in sorted(stale.items()):
         lines.append(f"stale, trained again when the study reaches it: {name} ("
                      + ", ".join(f"{f} {r!r}, plan {p!r}" for f, (r, p) in diff.items()) + ")")
-    lines.append(f"Later phases are planned as these land. One of them by hand: moore bench {suite_name} --run NAME")
+    if todo:
+        lines.append(f"Later phases are planned as these land. One by hand: moore bench {suite_name} --run NAME")
+    else:  # the plan is made from the runs there are: with none missing, no phase is left to name
+        lines.append(f"The study is complete; `moore bench {suite_name} --report` rebuilds its report.")
     return "\n".join(lines)
 
 
