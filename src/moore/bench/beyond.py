@@ -169,6 +169,7 @@ def _added_task(suite: Suite, spec: RunSpec, folder: Path, data_dir: Path | None
     examples = task.load(data_dir, "train", limit=spec.max_train, seed=spec.seed)
     test = {task.name: (task, task.load(data_dir, split, limit=task_spec.max_eval, seed=0))}
     record: dict = {"added_task": task.name, "train_examples": len(examples), "train_seconds": 0.0}
+    train_batch = suite.config["training"]["batch_size"]  # the batches the suite trains its tasks in
     for variant in ("head_only", "row_and_head"):  # the mean-embedding baseline, then MoORE's new row
         model = MultiTaskModel.load(folder).to(device or "cpu")
         probes = {t.name: (t, t.load(data_dir, split, limit=32, seed=0)) for t in model.tasks}
@@ -181,10 +182,10 @@ def _added_task(suite: Suite, spec: RunSpec, folder: Path, data_dir: Path | None
                 layer.added_task_embedding.requires_grad_(False)
             if any(p.requires_grad for p in model.parameters()):  # a decoder has no head to train
                 train_trainable(model, task, examples, steps=spec.steps, lr=spec.lr,
-                                batch_size=min(batch_size, 32), seed=spec.seed)
+                                batch_size=train_batch, seed=spec.seed)
         else:
             add_and_train_task(model, task, examples, spec=task_spec, steps=spec.steps, lr=spec.lr,
-                               batch_size=min(batch_size, 32), seed=spec.seed, progress=False)
+                               batch_size=train_batch, seed=spec.seed, progress=False)
         record["train_seconds"] += time.time() - started
         after = _outputs(model, probes)
         record[variant] = {
