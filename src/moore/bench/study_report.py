@@ -419,8 +419,9 @@ def write_study_report(suite_name: str, results_dir: Path) -> Path:
              f"**Data:** {suite.subsampling}", "", _protocol(suite), ""]
     if todo:
         lines += [f"**Status: {_count(len(runs), 'run')} done, {len(todo)} named by the plan so far still to run** (later phases "
-                  f"are planned as earlier ones finish). Continue with `moore bench {suite_name} --workers N`; it "
-                  "resumes per run.", ""]
+                  f"are planned as earlier ones finish): {', '.join(f'`{n}`' for n in todo)}. Continue with "
+                  f"`moore bench {suite_name} --workers N`; it resumes per run (`--plan` says where each would "
+                  "resume).", ""]
     lines += _stale(suite_name, stale)
     lines += _convergence(suite, runs, results_dir)
     lines += _rates(suite, runs, todo)
