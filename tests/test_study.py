@@ -241,7 +241,9 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
 
     flat = {m: [{"zero_shot": {"stsbenchmark": {"spearman": 0.8}}}] * 3 for m in ("moore-L8", "lora")}
     assert "| lora | +0.00 | – |" in "\n".join(_forgetting_across_seeds(flat, ["stsbenchmark"]))  # no spread: no test
-    for png in ("convergence.png", "conflict.png", "forgetting.png", "task_count.png", "task_free.png", "added_task.png"):
+    assert "![scores against oblivion](scores.png)" in report
+    for png in ("convergence.png", "scores.png", "conflict.png", "forgetting.png", "task_count.png", "task_free.png",
+                "added_task.png"):
         assert (tmp_path / png).stat().st_size > 1000
 
 

@@ -430,6 +430,7 @@ def write_study_report(suite_name: str, results_dir: Path) -> Path:
     chosen = chosen_runs(suite, runs)
     if chosen:
         lines += _scores(suite, chosen, tasks, zero_names, runs.get("base"))
+        lines += _scores_and_oblivion(chosen, zero_names, runs.get("base"), results_dir)
         lines += _provisional(chosen, [n for n in runs if n.startswith("seed~") and n not in planned])
         lines += _significance(chosen, tasks)
         lines += _against_base(chosen, runs.get("base"), tasks)
@@ -645,6 +646,40 @@ def _scores(suite: Suite, chosen: dict, tasks: list[str], zero_names: list[str],
         lines.append(f"| {m} | {len(rs)} | {rs[0]['trainable_parameters']:,d} ({100 * rs[0]['share']:.2f}%) | "
                      + " | ".join(cells) + f" | {_mean_std([r['average'] for r in rs])} | " + " | ".join(zero) + " |")
     return lines + [""]
+
+
+def _scores_and_oblivion(chosen: dict, zero_names: list[str], base: dict | None, results_dir: Path) -> list[str]:
+    """The scores table's two questions in one picture: each method's test average against what it kept
+    of each zero-shot probe (mean ± std over seeds), with the base model's probe score as a line."""
+    if not zero_names:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(zero_names), figsize=(7 * len(zero_names), 4.2), squeeze=False)
+    for ax, z in zip(axes[0], zero_names):
+        for i, (m, rs) in enumerate(chosen.items()):
+            kept = [_scale(z) * v for r in rs if (v := _zero_shot(r, z)) is not None]
+            if not kept:
+                continue
+            averages = [100 * r["average"] for r in rs]
+            ax.errorbar(np.mean(averages), np.mean(kept), xerr=np.std(averages) if len(rs) > 1 else None,
+                        yerr=np.std(kept) if len(kept) > 1 else None, capsize=3, color=f"C{i % 10}",
+                        fmt="s" if m.startswith("moore") else "D" if m == "full" else "o",
+                        label=f"{m} ({_count(len(rs), 'seed')})")
+        if base is not None and (v := _zero_shot(base, z)) is not None:
+            ax.axhline(_scale(z) * v, color="grey", linestyle="--", linewidth=1, label="base model")
+        ax.set(xlabel="test average (×100)", ylabel=_zero_label(z), title=f"Scores against oblivion: {z}")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    fig.savefig(results_dir / "scores.png", dpi=120)
+    plt.close(fig)
+    return ["Each method's test average against its zero-shot score (points: mean over seeds; bars: std across "
+            "seeds where there are several; squares: MoORE's variants, diamond: full fine-tuning; dashed: the base "
+            "model).", "",
+            "![scores against oblivion](scores.png)", ""]
 
 
 def _provisional(chosen: dict, unplanned: list[str]) -> list[str]:
