@@ -241,9 +241,9 @@ def test_the_report_is_rebuilt_from_run_files(tmp_path):
 
     flat = {m: [{"zero_shot": {"stsbenchmark": {"spearman": 0.8}}}] * 3 for m in ("moore-L8", "lora")}
     assert "| lora | +0.00 | – |" in "\n".join(_forgetting_across_seeds(flat, ["stsbenchmark"]))  # no spread: no test
-    assert "![scores against oblivion](scores.png)" in report
-    for png in ("convergence.png", "scores.png", "conflict.png", "forgetting.png", "task_count.png", "task_free.png",
-                "added_task.png"):
+    assert "![scores against oblivion](scores.png)" in report and "(against_scores.png)" in report
+    for png in ("convergence.png", "scores.png", "against_scores.png", "conflict.png", "forgetting.png",
+                "task_count.png", "task_free.png", "added_task.png"):
         assert (tmp_path / png).stat().st_size > 1000
 
 
@@ -477,6 +477,7 @@ def test_forgetting_gets_intervals_from_the_zero_shot_predictions(tmp_path):
     assert not row("lora", versus)[1].startswith("**")
     assert "On stsbenchmark, moore-L8 keeps more of the base model's score than full; it is within the noise of lora." \
         in section
+    assert "(against_oblivion.png)" in section and (tmp_path / "against_oblivion.png").stat().st_size > 1000
 
 
 def test_a_run_name_outside_the_plan_is_one_line_naming_the_runs_it_could_be(tmp_path):

@@ -432,7 +432,7 @@ def write_study_report(suite_name: str, results_dir: Path) -> Path:
         lines += _scores(suite, chosen, tasks, zero_names, runs.get("base"))
         lines += _scores_and_oblivion(chosen, zero_names, runs.get("base"), results_dir)
         lines += _provisional(chosen, [n for n in runs if n.startswith("seed~") and n not in planned])
-        lines += _significance(chosen, tasks)
+        lines += _significance(chosen, tasks, results_dir)
         lines += _against_base(chosen, runs.get("base"), tasks)
         lines += _conflict(suite, runs, chosen, tasks, results_dir)
         lines += _forgetting(chosen, zero_names, runs.get("base"), results_dir)
@@ -682,6 +682,37 @@ def _scores_and_oblivion(chosen: dict, zero_names: list[str], base: dict | None,
             "![scores against oblivion](scores.png)", ""]
 
 
+def _forest_plot(path: Path, panels: dict[str, dict[str, tuple | None]], scales: dict[str, float], title: str,
+                 xlabels: dict[str, str]) -> None:
+    """Δ (MoORE-L8 − method) with its 95% interval, a row per method and a panel per column of a table;
+    filled where the interval excludes 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(next(iter(panels.values())))
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(7.0, 3.2 * len(panels) + 1), 0.45 * len(methods) + 1.4),
+                             squeeze=False, sharey=True)
+    for ax, (column, results) in zip(axes[0], panels.items()):
+        for row, m in enumerate(methods):
+            if (r := results.get(m)) is None:
+                continue
+            mean, low, high, significant = r
+            k = scales[column]
+            ax.errorbar(k * mean, row, xerr=[[k * (mean - low)], [k * (high - mean)]], fmt="o", capsize=3,
+                        color="C3" if significant else "grey", markerfacecolor="C3" if significant else "white")
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set(title=column, xlabel=xlabels[column])
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_yticks(range(len(methods)), methods)
+    axes[0][0].invert_yaxis()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _provisional(chosen: dict, unplanned: list[str]) -> list[str]:
     """Rows resting on seed runs that the plan does not name now (``unplanned``): what they depend on (a
     method's rate, the strongest peer) is still being chosen, so they may yet prove stale."""
@@ -695,7 +726,7 @@ def _provisional(chosen: dict, unplanned: list[str]) -> list[str]:
             "with runs pending. Once it is, a run trained otherwise is left out as stale and trained again.", ""]
 
 
-def _significance(chosen: dict, tasks: list[str]) -> list[str]:
+def _significance(chosen: dict, tasks: list[str], results_dir: Path) -> list[str]:
     if REFERENCE not in chosen or not all(_has_predictions(rs, tasks) for rs in chosen.values()):
         return []
     lines = ["## MoORE-L8 against each method: paired bootstrap", "",
@@ -703,15 +734,22 @@ def _significance(chosen: dict, tasks: list[str]) -> list[str]:
              "same resample for both methods, each method's score the mean over its seeds on it (seeds pooled). "
              "**Bold**: the interval excludes 0.", "",
              "| method | " + " | ".join(tasks) + " | average |", "|---|" + "---|" * (len(tasks) + 1)]
-    words = []
+    words, results = [], {}
     for m, rs in chosen.items():
         if m != REFERENCE:
-            result = paired_bootstrap(chosen[REFERENCE], rs, tasks)
+            results[m] = result = paired_bootstrap(chosen[REFERENCE], rs, tasks)
             lines.append(_bootstrap_row(m, result, tasks))
             words.append(_against_in_words(m, result, tasks))
+    if not results:
+        return []
     seeds = min(len(rs) for rs in chosen.values())
+    columns = [*tasks, "average"]
+    _forest_plot(results_dir / "against_scores.png", {c: {m: r[c] for m, r in results.items()} for c in columns},
+                 dict.fromkeys(columns, 100), f"{REFERENCE} − method, test scores ×100, 95% intervals (filled: beyond the noise)",
+                 dict.fromkeys(columns, f"Δ (> 0: {REFERENCE} scores higher)"))
     return lines + ["", " ".join(words) + (" One seed for some method: the interval leaves the seed-to-seed spread "
-                                           "out, so later seeds may close a gap." if seeds < 2 else ""), ""]
+                                           "out, so later seeds may close a gap." if seeds < 2 else ""), "",
+                    "![MoORE-L8 against each method](against_scores.png)", ""]
 
 
 def _against_in_words(method: str, result: dict[str, tuple], tasks: list[str]) -> str:
@@ -862,7 +900,7 @@ def _forgetting(chosen: dict, zero_names: list[str], base: dict | None, results_
             cells.append(f"{_mean_std(values, _scale(z))} | {delta}")
         lines.append(f"| {m} | {len(rs)} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines += _forgetting_against_reference(chosen, zero_names)
+    lines += _forgetting_against_reference(chosen, zero_names, results_dir)
     lines += _forgetting_across_seeds(chosen, zero_names)
     start = _step_0(base)
     curves = {m: [*start, *rs[0]["curve"]] for m, rs in chosen.items()
@@ -876,7 +914,7 @@ def _forgetting(chosen: dict, zero_names: list[str], base: dict | None, results_
     return lines
 
 
-def _forgetting_against_reference(chosen: dict, zero_names: list[str]) -> list[str]:
+def _forgetting_against_reference(chosen: dict, zero_names: list[str], results_dir: Path) -> list[str]:
     """MoORE-L8's zero-shot scores against each method's: a paired bootstrap over the probes' test
     examples, for the probes whose runs kept their predictions."""
     if REFERENCE not in chosen:
@@ -908,7 +946,12 @@ def _forgetting_against_reference(chosen: dict, zero_names: list[str]) -> list[s
                   ("within", "is within the noise of")) if keeps[key]]
         if parts:
             words.append(f"On {z}, {REFERENCE} " + "; it ".join(parts) + ".")
-    return lines + ["", " ".join(words), ""]
+    _forest_plot(results_dir / "against_oblivion.png", {z: {m: r[i] for m, r in rows.items()} for i, z in enumerate(zero_names)},
+                 {z: _scale(z) for z in zero_names},
+                 f"{REFERENCE} − method on each zero-shot probe, 95% intervals (filled: beyond the noise)",
+                 {z: f"Δ ({'<' if get_task(z).metric in LOWER_IS_BETTER else '>'} 0: {REFERENCE} keeps more)"
+                  for z in zero_names})
+    return lines + ["", " ".join(words), "", f"![{REFERENCE} against each method on the probes](against_oblivion.png)", ""]
 
 
 def _forgetting_across_seeds(chosen: dict, zero_names: list[str]) -> list[str]:
