@@ -28,7 +28,7 @@ from ..precision import warn_if_bf16_is_slow
 from ..runconfig import TaskSpec
 from ..training.new_task import add_and_train_task, train_trainable
 from .provenance import provenance
-from .study import RunSpec, plan, train_run, zero_shot_predictions_record
+from .study import RunSpec, plan, run_folder, train_run, zero_shot_predictions_record
 from .suites import REFERENCE, Suite
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def source_run(suite: Suite, spec: RunSpec) -> str:
 
 def trained_folder(suite: Suite, name: str, runs_dir: Path) -> Path:
     """Where run ``name`` leaves its trained model."""
-    return Path(runs_dir) / suite.name / name / "final"
+    return run_folder(suite, name, runs_dir) / "final"
 
 
 def execute_beyond(suite: Suite, spec: RunSpec, runs: dict, results_dir: Path, runs_dir: Path,

@@ -44,7 +44,7 @@ from ..errors import ConfigError
 from ..io import write_json
 from ..precision import bf16_is_native, warn_if_bf16_is_slow
 from ..runconfig import TrainingSpec
-from ..training.checkpoints import latest_checkpoint, read_log
+from ..training.checkpoints import latest_checkpoint, read_log, step_of
 from ..training.mixing import mixing_probabilities
 from .provenance import provenance
 from .suites import ABLATION, OURS, PEER, REFERENCE, Study, Suite, get_suite, lr_text, next_rate, resolve_adapter
@@ -75,6 +75,17 @@ class RunSpec:
     max_train: int | None = None  # train on this many examples of each task (None: the suite's)
     length_buckets: int = 1  # split each batch into this many by token length
     evaluation_bf16: bool | None = None  # bf16 autocast in scoring (None: the suite's ``evaluation.bf16``)
+
+
+def run_folder(suite: Suite, name: str, runs_dir: Path) -> Path:
+    """Where run ``name`` of ``suite`` trains: its checkpoints, log and ``final/`` model."""
+    return Path(runs_dir) / suite.name / name
+
+
+def is_beyond(spec: RunSpec) -> bool:
+    """A task-free or add-a-task run of the reference: no training run of the usual kind, but work on
+    the trained model of another run (``beyond.source_run``)."""
+    return spec.phase in ("taskfree", "addtask") and spec.method == REFERENCE
 
 
 def load_runs(results_dir: Path) -> dict[str, dict]:
@@ -281,7 +292,7 @@ def run_config(suite: Suite, spec: RunSpec, adapter: dict, runs_dir: Path) -> di
     training.update(eval_every=max(1, min(every, spec.steps)), save_every=max(1, min(every, spec.steps)))
     if spec.schedule:
         training.update(schedule=spec.schedule, warmup_steps=0)
-    data["output_dir"] = str(runs_dir / suite.name / spec.name)
+    data["output_dir"] = str(run_folder(suite, spec.name, runs_dir))
     return data
 
 
@@ -292,31 +303,31 @@ def run_precision(suite: Suite, spec: RunSpec, runs_dir: Path, device: str | Non
     two (its measured gap, a tenth of a point or two, is what lets seeds of either precision stand side
     by side; the run file records which it was). A run already begun keeps the precision it began
     with (its latest checkpoint's config says which), so that it resumes on any machine."""
-    bf16, evaluation_bf16, saved = _precision(suite, spec, runs_dir, device)
+    bf16, evaluation_bf16, begun = _precision(suite, spec, runs_dir, device)
     planned_evaluation = bool(suite.config["evaluation"].get("bf16"))
     for setting, planned, used in (("training.bf16", spec.bf16, bf16),
                                    ("evaluation.bf16", planned_evaluation, evaluation_bf16)):
         if planned and not used:
             logger.warning("%s: %s's plan sets %s, but %s; it runs in fp32 (its file records that)", spec.name,
-                           suite.name, setting, "the run began in fp32" if saved is not None else
+                           suite.name, setting, "the run began in fp32" if begun is not None else
                            "this device emulates bf16 (no AVX-512 BF16 or AMX)")
         elif used:  # bf16 kept (a precision run, a run begun in bf16): slow here, say so once
             warn_if_bf16_is_slow(device, setting, advice=(
                 f"{spec.name} " + ("began in bf16 and keeps it, so that it resumes as it began"
-                                   if saved is not None and spec.phase != "precision"
+                                   if begun is not None and spec.phase != "precision"
                                    else "is the precision run, which compares bf16 with fp32")
                 + "; expect it to take many times as long here as on a CPU with AVX-512 BF16 or a GPU."))
     return replace(spec, bf16=bf16, evaluation_bf16=evaluation_bf16)
 
 
-def _precision(suite: Suite, spec: RunSpec, runs_dir: Path, device: str | None) -> tuple[bool, bool, dict | None]:
-    """``run_precision``'s choice, said nowhere: (bf16 in training, bf16 in scoring, the config of the
-    checkpoint the run would resume from, or None)."""
-    checkpoint = latest_checkpoint(Path(runs_dir) / suite.name / spec.name / "checkpoints")
-    saved = json.loads((checkpoint / "run_config.json").read_text()) if checkpoint is not None else None
-    if saved is not None:
+def _precision(suite: Suite, spec: RunSpec, runs_dir: Path, device: str | None) -> tuple[bool, bool, Path | None]:
+    """``run_precision``'s choice, said nowhere: (bf16 in training, bf16 in scoring, the checkpoint the
+    run would resume from, or None)."""
+    checkpoint = latest_checkpoint(run_folder(suite, spec.name, runs_dir) / "checkpoints")
+    if checkpoint is not None:
+        saved = json.loads((checkpoint / "run_config.json").read_text())
         return (bool(saved.get("training", {}).get("bf16", False)),
-                bool(saved.get("evaluation", {}).get("bf16", False)), saved)
+                bool(saved.get("evaluation", {}).get("bf16", False)), checkpoint)
     if spec.phase == "precision" or bf16_is_native(device):
         return spec.bf16, bool(suite.config["evaluation"].get("bf16")), None
     return False, False, None
@@ -345,7 +356,7 @@ def describe_plan(suite_name: str, results_dir: Path, runs_dir: Path, device: st
         if spec.phase == "base":
             lines.append(f"  {spec.name:<{width}}  the base model scored on every split and probe, no training")
             continue
-        if spec.phase in ("taskfree", "addtask") and spec.method == REFERENCE:  # no training run of the usual kind
+        if is_beyond(spec):
             source = source_run(suite, spec)
             folder = trained_folder(suite, source, runs_dir)
             if (folder / "adapter_config.json").is_file():
@@ -356,10 +367,9 @@ def describe_plan(suite_name: str, results_dir: Path, runs_dir: Path, device: st
                          f"{recorded.get('steps', '?')} steps, {'bf16' if recorded.get('bf16') else 'fp32'})")
             lines.append(f"  {spec.name:<{width}}  {settings}; {where}")
             continue
-        bf16, _, _ = _precision(suite, spec, runs_dir, device)
-        folder = Path(runs_dir) / suite.name / spec.name
-        checkpoint = latest_checkpoint(folder / "checkpoints")
-        where = f"resumes from step {_checkpoint_step(checkpoint)} ({folder})" if checkpoint else "starts afresh"
+        bf16, _, checkpoint = _precision(suite, spec, runs_dir, device)
+        where = (f"resumes from step {step_of(checkpoint)} ({run_folder(suite, spec.name, runs_dir)})"
+                 if checkpoint else "starts afresh")
         steps = f"{spec.steps} steps" if spec.steps else "no training"
         lines.append(f"  {spec.name:<{width}}  {settings}, {steps}, {'bf16' if bf16 else 'fp32'}; {where}")
     for name, diff in sorted(stale.items()):
@@ -370,10 +380,6 @@ def describe_plan(suite_name: str, results_dir: Path, runs_dir: Path, device: st
     else:  # the plan is made from the runs there are: with none missing, no phase is left to name
         lines.append(f"The study is complete; `moore bench {suite_name} --report` rebuilds its report.")
     return "\n".join(lines)
-
-
-def _checkpoint_step(checkpoint: Path) -> int:
-    return int(checkpoint.name.removeprefix("step-"))
 
 
 def train_run(suite: Suite, spec: RunSpec, runs_dir: Path, data_dir: Path | None, *, device: str | None = None,
@@ -411,7 +417,7 @@ def execute(suite_name: str, name: str, results_dir: Path, runs_dir: Path, data_
         supersede(results_dir, name, stale[name])
     if spec.phase == "base":
         return _execute_base(suite, results_dir, data_dir, device)
-    if spec.phase in ("taskfree", "addtask") and spec.method == REFERENCE:  # no training run of the usual kind
+    if is_beyond(spec):
         from .beyond import execute_beyond
 
         return execute_beyond(suite, spec, current, results_dir, runs_dir, data_dir, device=device)
@@ -535,7 +541,7 @@ def add_zero_shot_predictions(suite_name: str, results_dir: Path, runs_dir: Path
         missing = [t for t in record.get("zero_shot", {}) if t not in kept]
         if not missing or record["phase"] in ("taskfree", "addtask") or (names is not None and name not in names):
             continue
-        folder = Path(runs_dir) / suite.name / name
+        folder = run_folder(suite, name, runs_dir)
         if name == "base":
             config, model = _base_model(suite, results_dir)
         elif (folder / "final" / "adapter_config.json").is_file() and (folder / "run_config.json").is_file():

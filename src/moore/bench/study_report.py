@@ -11,7 +11,7 @@ import numpy as np
 from ..data.metrics import LOWER_IS_BETTER, METRICS
 from ..data.tasks import get_task
 from ..runconfig import TaskSpec
-from .study import chosen_runs, chosen_steps, current_runs, load_runs, plan, study_cost
+from .study import chosen_runs, chosen_steps, current_runs, load_runs, pending, plan, study_cost
 from .suites import REFERENCE, Suite, get_suite, lr_text
 
 BOOTSTRAP = 1000
@@ -411,7 +411,7 @@ def write_study_report(suite_name: str, results_dir: Path) -> Path:
     tasks = [t["name"] for t in suite.config["tasks"]]
     zero_names = [z["name"] for z in suite.config["evaluation"].get("zero_shot", [])]
     planned = [s.name for s in plan(suite, runs)]
-    todo = [name for name in planned if name not in runs]
+    todo = [s.name for s in pending(suite, runs)]  # in the order a study starts them, as `--plan` lists them
     lines = [f"# {suite.title}", "",
              f"Rebuilt from the run files in `runs/` by `moore bench {suite_name} --report`; each file holds one "
              f"run's scores, test predictions, validation curve, time, command, git commit and machine. Any row "

@@ -89,7 +89,8 @@ def replace_dir(build: Callable[[Path], None], target: Path) -> None:
         os.replace(tmp, target)
 
 
-def _step_of(path: Path) -> int | None:
+def step_of(path: Path) -> int | None:
+    """The step a checkpoint folder (``step-NNNNNNN``) holds, or None for any other folder."""
     suffix = path.name.removeprefix("step-")
     return int(suffix) if path.name.startswith("step-") and suffix.isdigit() else None
 
@@ -98,8 +99,8 @@ def checkpoints(directory: Path) -> list[Path]:
     """Complete checkpoints under ``directory``, oldest first."""
     if not directory.is_dir():
         return []
-    done = [p for p in directory.iterdir() if p.is_dir() and _step_of(p) is not None and (p / STATE_NAME).is_file()]
-    return sorted(done, key=_step_of)
+    done = [p for p in directory.iterdir() if p.is_dir() and step_of(p) is not None and (p / STATE_NAME).is_file()]
+    return sorted(done, key=step_of)
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
