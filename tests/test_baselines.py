@@ -245,17 +245,37 @@ def test_loramoe_balance_loss_is_optional():
 
 
 def test_omoe_expert_outputs_are_orthogonal():
+    model = adapt(moore.OmoeConfig.method)
+    perturb_adapter(model, scale=0.3)
+    layer = next(l for _, l in model.adapter_layers())
+    x = torch.randn(4, 6, layer.in_features)
+    with torch.no_grad():  # the layer's coefficients applied to the raw expert outputs
+        experts = layer.orthogonalisation(layer.expert_inputs(x)).double() @ layer.expert_outputs(x).double()
+    gram = experts @ experts.transpose(-1, -2)  # (..., M, M)
+    off_diagonal = gram - torch.diag_embed(torch.diagonal(gram, dim1=-2, dim2=-1))
+    assert off_diagonal.abs().max() < 1e-4 * gram.abs().max()
+    assert gram.abs().max() > 1e-6
+
+
+def test_omoe_gram_form_equals_plain_gram_schmidt_with_its_gradient():
+    """The layer orthogonalises through each token's Gram matrix; the plain form must give the same."""
     from moore.layers.omoe import gram_schmidt
 
     model = adapt(moore.OmoeConfig.method)
     perturb_adapter(model, scale=0.3)
     layer = next(l for _, l in model.adapter_layers())
-    with torch.no_grad():
-        experts = gram_schmidt(layer.expert_outputs(torch.randn(4, 6, layer.in_features)).double())
-    gram = experts @ experts.transpose(-1, -2)  # (..., M, M)
-    off_diagonal = gram - torch.diag_embed(torch.diagonal(gram, dim1=-2, dim2=-1))
-    assert off_diagonal.abs().max() < 1e-4 * gram.abs().max()
-    assert gram.abs().max() > 1e-6
+    x = torch.randn(3, 5, layer.in_features)
+    plain = (layer.softmax_router(layer.router, x).unsqueeze(-1) * gram_schmidt(layer.expert_outputs(x))).sum(-2)
+    fast = layer.delta(x)
+    assert torch.allclose(fast, plain, rtol=1e-4, atol=1e-5 * plain.abs().max().item())
+    for p, q in zip(torch.autograd.grad(plain.square().sum(), (layer.router, layer.lora_A, layer.lora_B)),
+                    torch.autograd.grad(fast.square().sum(), (layer.router, layer.lora_A, layer.lora_B))):
+        assert torch.allclose(q, p, rtol=1e-3, atol=1e-4 * p.abs().max().item())
+    with torch.no_grad():  # zero B (the start): no update, and the gradient is defined
+        layer.lora_B.zero_()
+    out = layer.delta(x)
+    assert torch.equal(out, torch.zeros_like(out))
+    assert torch.isfinite(torch.autograd.grad(out.sum(), layer.lora_B)[0]).all()
 
 
 @pytest.mark.parametrize("method", [moore.LoraConfig.method, moore.LoraMoeConfig.method, moore.HraConfig.method, moore.MooreConfig.method, moore.MtlLoraConfig.method])
