@@ -271,6 +271,12 @@ def test_omoe_gram_form_equals_plain_gram_schmidt_with_its_gradient():
     for p, q in zip(torch.autograd.grad(plain.square().sum(), (layer.router, layer.lora_A, layer.lora_B)),
                     torch.autograd.grad(fast.square().sum(), (layer.router, layer.lora_A, layer.lora_B))):
         assert torch.allclose(q, p, rtol=1e-3, atol=1e-4 * p.abs().max().item())
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 training: GS itself stays in float32
+        h = layer.expert_inputs(x)
+        assert h.dtype == torch.bfloat16
+        coefficients = layer.orthogonalisation(h)
+    assert coefficients.dtype == torch.float32
+    assert torch.allclose(coefficients, layer.orthogonalisation(h.float()))
     with torch.no_grad():  # zero B (the start): no update, and the gradient is defined
         layer.lora_B.zero_()
     out = layer.delta(x)

@@ -84,11 +84,15 @@ class OmoeLinear(LowRankLayer):
         return torch.einsum("...mr,mor->...mo", self.expert_inputs(x), self.lora_B.to(x.dtype))
 
     def orthogonalisation(self, h: torch.Tensor) -> torch.Tensor:
-        """h (..., M, r) -> GS coefficients C (..., M, M) of the expert outputs, in float32."""
-        b, h = self.lora_B.float(), h.float()
-        cross = torch.einsum("mor,kos->mkrs", b, b)  # (M, M, r, r): B_mᵀ B_k
-        gram = torch.einsum("...mr,mkrs,...ks->...mk", h, cross, h)  # (..., M, M): e_mᵀ e_k
-        return gram_schmidt_coefficients(gram)
+        """h (..., M, r) -> GS coefficients C (..., M, M) of the expert outputs, in float32.
+
+        Autocast is off here: a Gram matrix rounded to bf16 would lose what GS subtracts.
+        """
+        with torch.autocast(h.device.type, enabled=False):
+            b, h = self.lora_B.float(), h.float()
+            cross = torch.einsum("mor,kos->mkrs", b, b)  # (M, M, r, r): B_mᵀ B_k
+            gram = torch.einsum("...mr,mkrs,...ks->...mk", h, cross, h)  # (..., M, M): e_mᵀ e_k
+            return gram_schmidt_coefficients(gram)
 
     def delta(self, x):
         gates = self.softmax_router(self.router, x)  # (..., M)
