@@ -31,7 +31,7 @@ def _bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _batch(model_kind: str, tokenizer, batch_size: int, length: int) -> dict:
+def random_batch(model_kind: str, tokenizer, batch_size: int, length: int) -> dict:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 5000, (batch_size, length), generator=g)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -51,7 +51,7 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _measure(model: nn.Module, batch: dict, task_ids, repeats: int, train: bool = True) -> dict:
+def measure_model(model: nn.Module, batch: dict, task_ids, repeats: int, train: bool = True) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     result = {}
     if train and params:
@@ -95,29 +95,29 @@ def measure_efficiency(suite_name: str, results_dir: Path, batch_size: int | Non
     length = length or suite.efficiency.get("length", 64)
     spec = suite.config["model"]
     base, tokenizer, kind = load_base_model(spec["name_or_path"])
-    batch = _batch(kind, tokenizer, batch_size, length)
+    batch = random_batch(kind, tokenizer, batch_size, length)
     num_tasks = len(suite.config["tasks"])
     task_ids = {"task_ids": torch.arange(batch_size) % num_tasks}
     rows = {}
     reference = copy.deepcopy(base)
     reference.requires_grad_(True)  # the base model's own training step: full fine-tuning cost
-    rows["base (full model trains)"] = _measure(reference, batch, {}, repeats)
+    rows["base (full model trains)"] = measure_model(reference, batch, {}, repeats)
     del reference
     frozen = copy.deepcopy(base).requires_grad_(False)
-    rows["base"] = _measure(frozen, batch, {}, repeats, train=False)
+    rows["base"] = measure_model(frozen, batch, {}, repeats, train=False)
     for method in suite.methods:
         if suite.family(method) == ABLATION:
             continue
         adapter, _ = resolve_adapter(suite, method, base)
         model = get_moore_model(copy.deepcopy(base), AdapterConfig.from_dict({**adapter, "num_tasks": num_tasks}))
-        rows[method] = _measure(model, batch, task_ids, repeats)
+        rows[method] = measure_model(model, batch, task_ids, repeats)
         rows[method]["trainable_parameters"] = model.get_nb_trainable_parameters()[0]
         if suite.family(method) == OURS:
             model.merge_adapter()  # H folded into V; the router still runs, so any mix of tasks in a batch
-            rows[method + " (merged)"] = _measure(model, batch, task_ids, repeats, train=False)
+            rows[method + " (merged)"] = measure_model(model, batch, task_ids, repeats, train=False)
             if not adapter.get("sample_dim"):  # no token routing: one task's layers are plain dense matrices
                 dense = model.merge_and_unload(task_id=0)
-                rows[method + " (merged for one task)"] = _measure(dense, batch, {}, repeats, train=False)
+                rows[method + " (merged for one task)"] = measure_model(dense, batch, {}, repeats, train=False)
         del model
         gc.collect()  # one method's model and optimizer state at a time: a 135M decoder × 12 would not fit
     ref_train = rows["base (full model trains)"]
