@@ -495,8 +495,9 @@ def test_untuned_variants_of_moore_take_moore_l8s_rate_and_untuned_peers_loras()
     runs = {"base": {"name": "base"},
             "convergence~full": _record("c1", "full", 0.7, curve_peak=300),
             "convergence~moore-L8": _record("c2", "moore-L8", 0.6, curve_peak=300)}
-    best = {"full": 3e-5, "lora": 1e-3, "moore-L8": 1e-4}
+    best = {"full": 3e-5, "lora": 1e-3, "moore-L8": 1e-4, "hra": 3e-5}
     grid = [s for s in plan(suite, runs) if s.phase == "grid"]
+    assert sorted(s.lr for s in grid if s.method == "hra") == [3e-5, 1e-4, 3e-4]  # a grid of its own
     for spec in grid:  # LoRA's grid first: a variant of MoORE waits for MoORE-L8's, it never runs at LoRA's
         if spec.method == "lora":
             runs[spec.name] = _record(spec.name, "lora", 0.7 - abs(np.log10(spec.lr) - np.log10(1e-3)), lr=spec.lr)
@@ -509,7 +510,8 @@ def test_untuned_variants_of_moore_take_moore_l8s_rate_and_untuned_peers_loras()
     specs = {s.name: s for s in plan(suite, runs)}
     assert specs["seed~moore-L8~s0"].lr == 1e-4 and specs["seed~lora~s0"].lr == 1e-3
     assert specs["seed~moore-L8-rms~s0"].lr == 1e-4 and specs["seed~moore-L0~s0"].lr == 1e-4  # variants of MoORE
-    assert specs["seed~mixlora~s0"].lr == 1e-3 and specs["seed~hra~s0"].lr == 1e-3  # peers: LoRA's
+    assert specs["seed~mixlora~s0"].lr == 1e-3  # an untuned peer: LoRA's
+    assert specs["seed~hra~s0"].lr == 3e-5  # HRA: its own grid's
 
 
 def test_a_run_file_trained_otherwise_than_the_plan_is_stale_left_out_and_superseded(tmp_path):
@@ -518,7 +520,7 @@ def test_a_run_file_trained_otherwise_than_the_plan_is_stale_left_out_and_supers
     suite = replace(SUITES["csr-mtl"], study=replace(SUITES["csr-mtl"].study, grid_extensions=0))
     runs = {"convergence~full": _record("c1", "full", 0.7, curve_peak=300),
             "convergence~moore-L8": _record("c2", "moore-L8", 0.6, curve_peak=300)}
-    best = {"full": 3e-5, "lora": 1e-3, "moore-L8": 1e-4}
+    best = {"full": 3e-5, "lora": 1e-3, "moore-L8": 1e-4, "hra": 1e-4}
     for spec in [s for s in plan(suite, runs) if s.phase == "grid"]:
         runs[spec.name] = _record(spec.name, spec.method, 0.7 - abs(np.log10(spec.lr) - np.log10(best[spec.method])),
                                   lr=spec.lr, steps=spec.steps, seed=0)

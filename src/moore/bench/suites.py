@@ -284,7 +284,10 @@ def _csr_mtl(quick: bool) -> Suite:
                "moore-L8-rms": Method({**_MOORE_CSR, "num_reflections": 8, "normalize_sample_router": True}, OURS)}
     study = Study(grids={FULL: (1e-5, 3e-5, 1e-4), "adapter": (1e-4, 3e-4, 1e-3)},
                   main_methods=("moore-L8", "moore-L8-rms", "lora", "full"), single_methods=(),
-                  tuned_methods=("moore-L8", "lora", "full"), convergence={"full": 3e-5, REFERENCE: 3e-4},
+                  tuned_methods=("moore-L8", "lora", "full", "hra"), convergence={"full": 3e-5, REFERENCE: 3e-4},
+                  # HRA one rung lower, as in NLU, where it collapsed at the adapters' rate (and on SmolLM2 in
+                  # csr-mtl-mini, perplexity 44 -> 142,625 at 3e-4); it includes MoORE-L8's chosen 1e-4
+                  method_grids={"hra": (3e-5, 1e-4, 3e-4)},
                   convergence_steps=800, eval_every=100, seeds=(0, 1, 2), reflection_factors=(),
                   grid_extensions=2,  # full fine-tuning's best grid rate was its highest, 1e-4
                   # validation: ARC-C 111 + 3 x 200 examples, so its average has a standard error of about 1.9
