@@ -15,11 +15,8 @@ import copy
 
 import torch
 
-from moore.bench.efficiency import random_batch, measure_model
-from moore.bench.suites import get_suite, resolve_adapter
-from moore.config import AdapterConfig
-from moore.hub import load_base_model
-from moore.model import get_moore_model
+from moore.bench.efficiency import adapted_copy, measure_model, suite_inputs
+from moore.bench.suites import get_suite
 
 
 def main() -> None:
@@ -35,20 +32,15 @@ def main() -> None:
     unknown = [m for m in args.methods if m not in suite.methods]
     if unknown:
         parser.error(f"not methods of {args.suite}: {', '.join(unknown)} (it has {', '.join(suite.methods)})")
-    batch_size = suite.efficiency.get("batch_size", 32)
-    length = suite.efficiency.get("length", 64)
-    base, tokenizer, kind = load_base_model(suite.config["model"]["name_or_path"])
-    batch = random_batch(kind, tokenizer, batch_size, length)
-    num_tasks = len(suite.config["tasks"])
-    task_ids = {"task_ids": torch.arange(batch_size) % num_tasks}
+    base, batch, task_ids = suite_inputs(suite)
+    batch_size, length = batch["input_ids"].shape
     reference = measure_model(copy.deepcopy(base).requires_grad_(True), batch, {}, args.repeats)
     print(f"# {args.suite}: batch {batch_size} × {length}, {torch.get_num_threads()} threads, "
           f"ratios to a full fine-tuning step ({reference['train_step_s']:.3f} s, "
           f"{reference['train_memory_bytes'] / 2**20:.0f} MiB)")
     print(f"{'method':12s} {'step':>6s} {'memory':>7s}")
     for method in args.methods:
-        adapter, _ = resolve_adapter(suite, method, base)
-        model = get_moore_model(copy.deepcopy(base), AdapterConfig.from_dict({**adapter, "num_tasks": num_tasks}))
+        model, _ = adapted_copy(suite, method, base)
         row = measure_model(model, batch, task_ids, args.repeats)
         print(f"{method:12s} {row['train_step_s'] / reference['train_step_s']:6.2f} "
               f"{row['train_memory_bytes'] / reference['train_memory_bytes']:7.2f}", flush=True)

@@ -86,18 +86,29 @@ def measure_model(model: nn.Module, batch: dict, task_ids, repeats: int, train: 
     return result
 
 
+def suite_inputs(suite, batch_size: int | None = None, length: int | None = None):
+    """The suite's base model, its efficiency batch (default 32 × 64) and task ids cycling over its tasks."""
+    batch_size = batch_size or suite.efficiency.get("batch_size", 32)
+    length = length or suite.efficiency.get("length", 64)
+    base, tokenizer, kind = load_base_model(suite.config["model"]["name_or_path"])
+    num_tasks = len(suite.config["tasks"])
+    return base, random_batch(kind, tokenizer, batch_size, length), {"task_ids": torch.arange(batch_size) % num_tasks}
+
+
+def adapted_copy(suite, method: str, base: nn.Module):
+    """A copy of base adapted with the suite's method (budget-matched as in its runs), and its adapter dict."""
+    adapter, _ = resolve_adapter(suite, method, base)
+    config = AdapterConfig.from_dict({**adapter, "num_tasks": len(suite.config["tasks"])})
+    return get_moore_model(copy.deepcopy(base), config), adapter
+
+
 def measure_efficiency(suite_name: str, results_dir: Path, batch_size: int | None = None,
                        length: int | None = None, repeats: int = 5) -> dict:
     """One row per method. The batch is the suite's ``efficiency`` setting (default 32 × 64); a
     decoder's is smaller, as its logits over the vocabulary dominate a step's memory."""
     suite = get_suite(suite_name)
-    batch_size = batch_size or suite.efficiency.get("batch_size", 32)
-    length = length or suite.efficiency.get("length", 64)
-    spec = suite.config["model"]
-    base, tokenizer, kind = load_base_model(spec["name_or_path"])
-    batch = random_batch(kind, tokenizer, batch_size, length)
-    num_tasks = len(suite.config["tasks"])
-    task_ids = {"task_ids": torch.arange(batch_size) % num_tasks}
+    base, batch, task_ids = suite_inputs(suite, batch_size, length)
+    batch_size, length = batch["input_ids"].shape
     rows = {}
     reference = copy.deepcopy(base)
     reference.requires_grad_(True)  # the base model's own training step: full fine-tuning cost
@@ -108,8 +119,7 @@ def measure_efficiency(suite_name: str, results_dir: Path, batch_size: int | Non
     for method in suite.methods:
         if suite.family(method) == ABLATION:
             continue
-        adapter, _ = resolve_adapter(suite, method, base)
-        model = get_moore_model(copy.deepcopy(base), AdapterConfig.from_dict({**adapter, "num_tasks": num_tasks}))
+        model, adapter = adapted_copy(suite, method, base)
         rows[method] = measure_model(model, batch, task_ids, repeats)
         rows[method]["trainable_parameters"] = model.get_nb_trainable_parameters()[0]
         if suite.family(method) == OURS:
