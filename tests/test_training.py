@@ -348,25 +348,33 @@ def test_sequential_stages_report_a_forgetting_matrix(world, tmp_path):
 
 # --- as a user runs it ------------------------------------------------------------------------------------
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(world, tmp_path):
+    """Killed mid-training (step 4 of 6), and after the last step, while the test sets are scored
+    (on a decoder suite that takes an hour): the resume goes on from there and ends as the
+    uninterrupted run did; from the last step it trains nothing again."""
     base = run_config(world["decoder"], world["files"], ["mood", "pick"], tmp_path / "x", steps=6, save_every=2,
                       eval_every=3)
-    for name in ("straight", "killed"):
+    for name in ("straight", "killed4", "killed6"):
         base["output_dir"] = str(tmp_path / name)
         write_config(tmp_path / f"{name}.yaml", base)
     moore_cli("train", tmp_path / "straight.yaml", "--no-progress")
-    killed = moore_cli("train", tmp_path / "killed.yaml", "--no-progress", check=False,
-                       launcher=[sys.executable, str(Path(__file__).parent / "kill_after_checkpoint.py"), "4"])
-    assert killed.returncode != 0 and not (tmp_path / "killed" / "final").exists()
-    assert (tmp_path / "killed" / "checkpoints" / "step-0000004").is_dir()
-    resumed = moore_cli("train", tmp_path / "killed.yaml", "--no-progress", "--resume")
-    assert "resuming from" in resumed.stdout
-    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
-    for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-6), key
-    assert _log(tmp_path / "straight") == pytest.approx(_log(tmp_path / "killed"))
     straight = json.loads((tmp_path / "straight" / "results.json").read_text())
-    again = json.loads((tmp_path / "killed" / "results.json").read_text())
-    assert _flat(straight["after"]) == pytest.approx(_flat(again["after"]))
+    for step in (4, 6):
+        name = f"killed{step}"
+        killed = moore_cli("train", tmp_path / f"{name}.yaml", "--no-progress", check=False,
+                           launcher=[sys.executable, str(Path(__file__).parent / "kill_after_checkpoint.py"), str(step)])
+        assert killed.returncode != 0 and not (tmp_path / name / "final").exists()
+        assert (tmp_path / name / "checkpoints" / f"step-{step:07d}").is_dir()
+        assert not [r for r in map(json.loads, (tmp_path / name / "log.jsonl").read_text().splitlines())
+                    if r.get("split") == "test"], "the last step's checkpoint comes before the test scoring"
+        resumed = moore_cli("train", tmp_path / f"{name}.yaml", "--no-progress", "--resume")
+        assert f"at step {step}" in resumed.stdout
+        a, b = _weights(tmp_path / "straight"), _weights(tmp_path / name)
+        for key in a:
+            assert torch.allclose(a[key], b[key], atol=1e-6), key
+        assert _log(tmp_path / "straight") == pytest.approx(_log(tmp_path / name))
+        again = json.loads((tmp_path / name / "results.json").read_text())
+        assert _flat(straight["after"]) == pytest.approx(_flat(again["after"]))
+        assert again["best_step"] == straight["best_step"] and again["steps"] == 6
 
 
 def test_two_gloo_processes_match_one_process(world, tmp_path):

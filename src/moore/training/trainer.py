@@ -300,13 +300,17 @@ class Trainer:
                          "grad_norm": grad_norm, "time": time.time()})
             if spec.eval_every and (state.stage_step % spec.eval_every == 0 or done):
                 self._eval_and_keep_best(state, log)
-            if done:
-                bar.close()
-                self._end_stage(state, log)
             state.seconds += time.time() - started
+            # the last step's checkpoint comes before the stage's test scoring (an hour on a decoder
+            # suite): a crash there resumes to the scoring, not to the last periodic checkpoint
             if done or (spec.save_every and state.stage_step % spec.save_every == 0):
                 self._save_checkpoint(state, optimizer, scheduler, mixer)
         bar.close()
+        if len(state.stage_results) <= stage:  # the stage's end, also when resumed from its last step
+            started = time.time()
+            self._end_stage(state, log)
+            state.seconds += time.time() - started
+            self._save_checkpoint(state, optimizer, scheduler, mixer)  # with its test scores: a resume skips them
         self.model.eval()
 
     def _batches(self, mixer: TaskMixer, stage_tasks: list[str], step: int, global_batch: int) -> list[dict]:
