@@ -358,14 +358,19 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(world, tmp_path):
         write_config(tmp_path / f"{name}.yaml", base)
     moore_cli("train", tmp_path / "straight.yaml", "--no-progress")
     straight = json.loads((tmp_path / "straight" / "results.json").read_text())
+
+    def test_records(run: str) -> list[dict]:
+        return [r for r in map(json.loads, (tmp_path / run / "log.jsonl").read_text().splitlines())
+                if r.get("split") == "test"]
+
+    assert test_records("straight")  # what a kill after the last step's checkpoint must not have reached yet
     for step in (4, 6):
         name = f"killed{step}"
         killed = moore_cli("train", tmp_path / f"{name}.yaml", "--no-progress", check=False,
                            launcher=[sys.executable, str(Path(__file__).parent / "kill_after_checkpoint.py"), str(step)])
         assert killed.returncode != 0 and not (tmp_path / name / "final").exists()
         assert (tmp_path / name / "checkpoints" / f"step-{step:07d}").is_dir()
-        assert not [r for r in map(json.loads, (tmp_path / name / "log.jsonl").read_text().splitlines())
-                    if r.get("split") == "test"], "the last step's checkpoint comes before the test scoring"
+        assert not test_records(name), "the last step's checkpoint comes before the test scoring"
         resumed = moore_cli("train", tmp_path / f"{name}.yaml", "--no-progress", "--resume")
         assert f"at step {step}" in resumed.stdout
         a, b = _weights(tmp_path / "straight"), _weights(tmp_path / name)
